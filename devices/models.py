@@ -1,0 +1,183 @@
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+from django.conf import settings
+from django.core.validators import MaxValueValidator, MinValueValidator, RegexValidator
+from django.db import models
+from django.db.models import Q
+
+from devices.status import SIGNALS, HeartbeatState, Status, UpdateStatus, compute_status
+from fleets.models import Fleet, Organization
+
+UUID_REGEX = r"^(?:[0-9a-f]{32}|[0-9a-f]{62})$"
+uuid_validator = RegexValidator(UUID_REGEX, "A device UUID is 32 or 62 lowercase hexadecimal characters.")
+percent_validators = [MinValueValidator(0), MaxValueValidator(100)]
+
+
+def effective_poll_interval(device_override: int | None, fleet_interval: int | None) -> int:
+    """Seconds between target-state fetches: device, else fleet, else default; never below the floor."""
+    interval = device_override or fleet_interval or settings.FLEETSTATUS_DEFAULT_POLL_INTERVAL
+    return max(interval, settings.FLEETSTATUS_MIN_POLL_INTERVAL)
+
+
+def heartbeat_window(interval_seconds: int) -> timedelta:
+    return timedelta(seconds=interval_seconds * settings.FLEETSTATUS_HEARTBEAT_TOLERANCE)
+
+
+class Device(models.Model):
+    uuid = models.CharField(max_length=62, unique=True, validators=[uuid_validator])
+    # Denormalised from fleet (devices only move between fleets of one organization) so that every
+    # page filter and sort is one index on (organization, column).
+    organization = models.ForeignKey(Organization, on_delete=models.PROTECT, related_name="devices")
+    fleet = models.ForeignKey(Fleet, on_delete=models.PROTECT, related_name="devices")
+    name = models.CharField(max_length=100)
+    device_type = models.CharField(max_length=64, blank=True, default="")
+    os_version = models.CharField(max_length=64, blank=True, default="")
+    os_variant = models.CharField(max_length=32, blank=True, default="")
+    supervisor_version = models.CharField(max_length=32, blank=True, default="")
+    # balena agents report every address, space separated.
+    ip_address = models.CharField(max_length=255, blank=True, default="")
+    mac_address = models.CharField(max_length=255, blank=True, default="")
+    release = models.CharField("current release", max_length=64, blank=True, default="")
+    api_key_hash = models.CharField(max_length=64, editable=False, blank=True, default="")
+    notes = models.TextField(blank=True, default="")
+
+    # Overrides of the fleet's settings (None = use the fleet's).
+    poll_interval = models.PositiveIntegerField(null=True, blank=True, validators=[MinValueValidator(1)])
+    cloudlink_enabled = models.BooleanField(null=True, blank=True)
+
+    # --- Signals of DESIGN.md §2.1 ---
+    is_active = models.BooleanField(default=True)
+    is_frozen = models.BooleanField(default=False)
+    frozen_reason = models.CharField(max_length=200, blank=True, default="")
+    provisioning_state = models.CharField(max_length=64, blank=True, default="")
+    provisioning_progress = models.SmallIntegerField(null=True, blank=True, validators=percent_validators)
+    api_heartbeat_state = models.CharField(max_length=8, choices=HeartbeatState.choices, default=HeartbeatState.UNKNOWN)
+    last_api_heartbeat_at = models.DateTimeField(null=True, blank=True)
+    # last_api_heartbeat_at + interval x 1.5 while the heartbeat is online; the sweep reads only
+    # rows whose deadline has passed (partial index below).
+    heartbeat_deadline = models.DateTimeField(null=True, blank=True)
+    is_connected_to_vpn = models.BooleanField(default=False)
+    vpn_service_id = models.IntegerField(null=True, blank=True)
+    last_vpn_event = models.DateTimeField(null=True, blank=True)
+    last_connectivity_event = models.DateTimeField(null=True, blank=True)
+    update_status = models.CharField(max_length=20, choices=UpdateStatus.choices, null=True, blank=True)
+    download_progress = models.SmallIntegerField(null=True, blank=True, validators=percent_validators)
+    # The text the device agent reports (e.g. "Idle", "Downloading"); not the overall status.
+    status = models.CharField("agent status", max_length=50, blank=True, default="")
+
+    # Metrics the agent reports.
+    memory_usage = models.BigIntegerField(null=True, blank=True, validators=[MinValueValidator(0)])
+    memory_total = models.BigIntegerField(null=True, blank=True, validators=[MinValueValidator(0)])
+    storage_usage = models.BigIntegerField(null=True, blank=True, validators=[MinValueValidator(0)])
+    storage_total = models.BigIntegerField(null=True, blank=True, validators=[MinValueValidator(0)])
+    cpu_temp = models.SmallIntegerField(null=True, blank=True)
+    cpu_usage = models.SmallIntegerField(null=True, blank=True, validators=percent_validators)
+    is_undervolted = models.BooleanField(default=False)
+    last_state_report_at = models.DateTimeField(null=True, blank=True)
+
+    # Latest contact of any kind (fetch, report, tunnel event): the "last seen" column.
+    last_seen_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    # When the device last became active; the allowance keeps the oldest activated devices working.
+    activated_at = models.DateTimeField(null=True, blank=True)
+
+    # --- The stored overall status (DESIGN.md §2); only devices.services writes it ---
+    overall_status = models.CharField(max_length=24, choices=Status.choices, default=Status.CONFIGURING)
+    status_changed_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["name"]
+        indexes = [
+            # Page filters and sorts, all scoped to an organization.
+            models.Index(fields=["organization", "overall_status", "name"], name="dev_org_status_name"),
+            models.Index(fields=["organization", "name"], name="dev_org_name"),
+            models.Index(fields=["organization", "last_seen_at"], name="dev_org_last_seen"),
+            models.Index(fields=["organization", "device_type"], name="dev_org_device_type"),
+            models.Index(fields=["organization", "os_version"], name="dev_org_os"),
+            models.Index(fields=["organization", "release"], name="dev_org_release"),
+            models.Index(fields=["organization", "ip_address"], name="dev_org_ip"),
+            models.Index(fields=["organization", "api_heartbeat_state"], name="dev_org_heartbeat"),
+            models.Index(fields=["organization", "is_connected_to_vpn"], name="dev_org_vpn"),
+            models.Index(fields=["fleet", "overall_status"], name="dev_fleet_status"),
+            models.Index(fields=["fleet", "name"], name="dev_fleet_name"),
+            # Allowance: active devices of an organization in activation order.
+            models.Index(fields=["organization", "is_active", "activated_at"], name="dev_org_activation"),
+            # The staleness sweep: only devices whose heartbeat is online have a deadline to watch.
+            models.Index(
+                fields=["heartbeat_deadline"],
+                name="dev_heartbeat_due",
+                condition=Q(api_heartbeat_state=HeartbeatState.ONLINE),
+            ),
+        ]
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(provisioning_progress__isnull=True)
+                | Q(provisioning_progress__gte=0, provisioning_progress__lte=100),
+                name="dev_provisioning_progress_range",
+            ),
+            models.CheckConstraint(
+                condition=Q(download_progress__isnull=True) | Q(download_progress__gte=0, download_progress__lte=100),
+                name="dev_download_progress_range",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return self.name or self.uuid
+
+    @property
+    def short_uuid(self) -> str:
+        return self.uuid[:7]
+
+    @property
+    def effective_cloudlink(self) -> bool:
+        return self.fleet.cloudlink_enabled if self.cloudlink_enabled is None else self.cloudlink_enabled
+
+    @effective_cloudlink.setter
+    def effective_cloudlink(self, value: bool) -> None:
+        # Querysets annotated by devices.status.annotate_signals() set the same value computed in
+        # SQL; the property above is the source of truth, so the annotation is not kept.
+        pass
+
+    @property
+    def effective_poll_interval(self) -> int:
+        return effective_poll_interval(self.poll_interval, self.fleet.poll_interval)
+
+    def signals(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in SIGNALS}
+
+    def compute_status(self) -> Status:
+        return compute_status(self.signals())
+
+
+class StatusTransition(models.Model):
+    """One change of a device's overall status: the history every page reads."""
+
+    device = models.ForeignKey(Device, on_delete=models.CASCADE, related_name="transitions")
+    from_status = models.CharField(max_length=24, choices=Status.choices, blank=True, default="")
+    to_status = models.CharField(max_length=24, choices=Status.choices)
+    at = models.DateTimeField()
+    reason = models.CharField(max_length=200, blank=True, default="")
+
+    class Meta:
+        ordering = ["-at", "-id"]
+        indexes = [
+            models.Index(fields=["device", "-at", "-id"], name="transition_device_at"),
+            models.Index(fields=["at"], name="transition_at"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.device_id}: {self.from_status or '∅'} → {self.to_status} at {self.at:%Y-%m-%d %H:%M:%S}"
+
+
+class TaskRun(models.Model):
+    """Last successful run of a periodic task: the dead-man's switch the pages show."""
+
+    name = models.CharField(max_length=50, primary_key=True)
+    last_success_at = models.DateTimeField()
+    details = models.JSONField(default=dict, blank=True)
+
+    def __str__(self) -> str:
+        return f"{self.name} at {self.last_success_at}"

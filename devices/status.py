@@ -1,0 +1,222 @@
+"""The status rule of DESIGN.md §2.1, defined once.
+
+`RULES` is the first-match-wins table as data. `compute_status()` evaluates it in Python for one
+device; `status_expression()` compiles the same table into a `Case(When(...))` for the database.
+Both read the same signal names, so they cannot drift apart (tests/test_status_rule.py checks every
+combination of inputs against both).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from django.db import models
+from django.db.models import Case, F, Q, Value, When
+from django.db.models.functions import Coalesce
+
+
+class Status(models.TextChoices):
+    ONLINE = "online", "Online"
+    ONLINE_VPN_ONLY = "online-vpn-only", "Online (VPN Only)"
+    ONLINE_HEARTBEAT_ONLY = "online-heartbeat-only", "Online (Heartbeat Only)"
+    OFFLINE = "offline", "Offline"
+    CONFIGURING = "configuring", "Configuring"
+    UPDATING = "updating", "Updating"
+    POST_PROVISIONING = "post-provisioning", "Post Provisioning"
+    INACTIVE = "inactive", "Inactive"
+    FROZEN = "frozen", "Frozen"
+
+
+class HeartbeatState(models.TextChoices):
+    UNKNOWN = "unknown", "Never"
+    ONLINE = "online", "Online"
+    OFFLINE = "offline", "Offline"
+
+
+class UpdateStatus(models.TextChoices):
+    # Declared in precedence order: across releases the lowest one wins (issue #3).
+    REJECTED = "rejected", "Rejected"
+    ABORTED = "aborted", "Aborted"
+    DOWNLOADING = "downloading", "Downloading"
+    DOWNLOADED = "downloaded", "Downloaded"
+    APPLYING_CHANGES = "applying changes", "Applying changes"
+    DONE = "done", "Done"
+
+
+UPDATE_STATUS_PRECEDENCE = [choice.value for choice in UpdateStatus]
+
+# Footnote markers of the two partial states (DESIGN.md §2).
+FOOTNOTE_MARKERS = {Status.ONLINE_VPN_ONLY: "¹", Status.ONLINE_HEARTBEAT_ONLY: "²"}
+
+POST_PROVISIONING_STATE = "Post-Provisioning"
+
+
+# --- A tiny condition language that can run in Python and in SQL -----------------------------
+
+
+class Cond:
+    def test(self, s: Mapping[str, Any]) -> bool:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def q(self) -> Q:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def __and__(self, other: Cond) -> Cond:
+        return All((self, other))
+
+    def __or__(self, other: Cond) -> Cond:
+        return AnyOf((self, other))
+
+    def __invert__(self) -> Cond:
+        return Not(self)
+
+
+@dataclass(frozen=True)
+class Is(Cond):
+    """signal == value, or signal in values when value is a tuple. Never matches NULL."""
+
+    signal: str
+    value: Any
+
+    def test(self, s: Mapping[str, Any]) -> bool:
+        actual = s[self.signal]
+        if isinstance(self.value, tuple):
+            return actual is not None and actual in self.value
+        return actual is not None and actual == self.value
+
+    def q(self) -> Q:
+        lookup = "in" if isinstance(self.value, tuple) else "exact"
+        return Q(**{f"{self.signal}__{lookup}": self.value})
+
+
+@dataclass(frozen=True)
+class IsNull(Cond):
+    signal: str
+
+    def test(self, s: Mapping[str, Any]) -> bool:
+        return s[self.signal] is None
+
+    def q(self) -> Q:
+        return Q(**{f"{self.signal}__isnull": True})
+
+
+@dataclass(frozen=True)
+class Not(Cond):
+    # Django negates a lookup on a nullable column as "NOT (x = v AND x IS NOT NULL)", so NULL
+    # rows match the negation, as they do in Python. Is() never matches NULL on either side.
+    inner: Cond
+
+    def test(self, s: Mapping[str, Any]) -> bool:
+        return not self.inner.test(s)
+
+    def q(self) -> Q:
+        return ~self.inner.q()
+
+
+@dataclass(frozen=True)
+class All(Cond):
+    parts: tuple[Cond, ...]
+
+    def test(self, s: Mapping[str, Any]) -> bool:
+        return all(p.test(s) for p in self.parts)
+
+    def q(self) -> Q:
+        q = Q()
+        for p in self.parts:
+            q &= p.q()
+        return q
+
+
+@dataclass(frozen=True)
+class AnyOf(Cond):
+    parts: tuple[Cond, ...]
+
+    def test(self, s: Mapping[str, Any]) -> bool:
+        return any(p.test(s) for p in self.parts)
+
+    def q(self) -> Q:
+        q = Q()
+        for p in self.parts:
+            q |= p.q()
+        return q
+
+
+# --- The table (DESIGN.md §2.1), first match wins --------------------------------------------
+
+vpn = Is("is_connected_to_vpn", True)
+no_vpn = Is("is_connected_to_vpn", False)
+hb_online = Is("api_heartbeat_state", HeartbeatState.ONLINE.value)
+
+RULES: tuple[tuple[Status, Cond], ...] = (
+    (Status.INACTIVE, Is("is_active", False)),
+    (Status.FROZEN, Is("is_frozen", True)),
+    (Status.POST_PROVISIONING, Is("provisioning_state", POST_PROVISIONING_STATE)),
+    (
+        Status.CONFIGURING,
+        no_vpn & IsNull("last_connectivity_event") & Is("api_heartbeat_state", HeartbeatState.UNKNOWN.value),
+    ),
+    (Status.OFFLINE, no_vpn & Is("api_heartbeat_state", (HeartbeatState.OFFLINE.value, HeartbeatState.UNKNOWN.value))),
+    (
+        Status.UPDATING,
+        hb_online
+        & (
+            Is("update_status", UpdateStatus.DOWNLOADING.value)
+            | (Is("status", "Downloading") & Not(IsNull("download_progress")))
+        ),
+    ),
+    (Status.CONFIGURING, Not(IsNull("provisioning_progress"))),
+    (Status.ONLINE_VPN_ONLY, vpn & Not(hb_online)),
+    (Status.ONLINE_HEARTBEAT_ONLY, no_vpn & hb_online & Is("effective_cloudlink", True)),
+)
+DEFAULT_STATUS = Status.ONLINE
+
+# Every signal the rule reads. `effective_cloudlink` is derived: the device's override, else its
+# fleet's switch (see `annotate_signals`).
+SIGNALS: tuple[str, ...] = (
+    "is_active",
+    "is_frozen",
+    "provisioning_state",
+    "provisioning_progress",
+    "api_heartbeat_state",
+    "is_connected_to_vpn",
+    "last_connectivity_event",
+    "update_status",
+    "status",
+    "download_progress",
+    "effective_cloudlink",
+)
+
+
+def compute_status(signals: Mapping[str, Any]) -> Status:
+    """The status for one device, from a mapping of SIGNALS (see `signals_of`)."""
+    for status, cond in RULES:
+        if cond.test(signals):
+            return status
+    return DEFAULT_STATUS
+
+
+def effective_cloudlink_expression() -> Coalesce:
+    return Coalesce(F("cloudlink_enabled"), F("fleet__cloudlink_enabled"), output_field=models.BooleanField())
+
+
+def annotate_signals(queryset: models.QuerySet) -> models.QuerySet:
+    return queryset.annotate(effective_cloudlink=effective_cloudlink_expression())
+
+
+def status_expression() -> Case:
+    """The same rule as a database expression; needs `annotate_signals()` on the queryset."""
+    return Case(
+        *[When(cond.q(), then=Value(status.value)) for status, cond in RULES],
+        default=Value(DEFAULT_STATUS.value),
+        output_field=models.CharField(),
+    )
+
+
+def with_computed_status(queryset: models.QuerySet, name: str = "computed_status") -> models.QuerySet:
+    return annotate_signals(queryset).annotate(**{name: status_expression()})
+
+
+def label(slug: str) -> str:
+    return Status(slug).label

@@ -1,0 +1,81 @@
+from __future__ import annotations
+
+from django.conf import settings
+from django.core.validators import MinValueValidator
+from django.db import models
+
+from fleets.keys import generate_key, hash_key
+
+
+class Tier(models.TextChoices):
+    FREE = "free", "Free"
+    PAID = "paid", "Paid"
+
+
+class Organization(models.Model):
+    name = models.CharField(max_length=100)
+    slug = models.SlugField(max_length=50, unique=True)
+    tier = models.CharField(max_length=8, choices=Tier.choices, default=Tier.FREE)
+    # None means unlimited.
+    device_allowance = models.PositiveIntegerField(null=True, blank=True)
+    members = models.ManyToManyField(settings.AUTH_USER_MODEL, through="Membership", related_name="organizations")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class Membership(models.Model):
+    class Role(models.TextChoices):
+        OWNER = "owner", "Owner"
+        MEMBER = "member", "Member"
+
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="memberships")
+    organization = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="memberships")
+    role = models.CharField(max_length=8, choices=Role.choices, default=Role.MEMBER)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["user", "organization"], name="unique_membership")]
+
+    def __str__(self) -> str:
+        return f"{self.user} in {self.organization} ({self.role})"
+
+
+class Fleet(models.Model):
+    organization = models.ForeignKey(Organization, on_delete=models.PROTECT, related_name="fleets")
+    name = models.CharField(max_length=100)
+    slug = models.SlugField(max_length=50)
+    device_type = models.CharField(max_length=64, blank=True, default="")
+    fleet_type = models.CharField(max_length=8, choices=Tier.choices, default=Tier.FREE)
+    # Seconds; None means the installation default. Never below FLEETSTATUS_MIN_POLL_INTERVAL.
+    poll_interval = models.PositiveIntegerField(null=True, blank=True, validators=[MinValueValidator(1)])
+    cloudlink_enabled = models.BooleanField(default=True)
+    provisioning_key_hash = models.CharField(max_length=64, db_index=True, editable=False, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["organization__name", "name"]
+        constraints = [models.UniqueConstraint(fields=["organization", "slug"], name="unique_fleet_slug_per_org")]
+
+    def __str__(self) -> str:
+        return f"{self.organization.slug}/{self.slug}"
+
+    def issue_provisioning_key(self) -> str:
+        """Set a new provisioning key and return it; only its hash is kept (save() is up to the caller)."""
+        key = generate_key()
+        self.provisioning_key_hash = hash_key(key)
+        return key
+
+
+class ServiceKey(models.Model):
+    """A key for the tunnel server (the VPN client-connect/-disconnect endpoints only)."""
+
+    name = models.CharField(max_length=100, blank=True, default="")
+    key_hash = models.CharField(max_length=64, unique=True, editable=False)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    def __str__(self) -> str:
+        return self.name or f"service key #{self.pk}"
