@@ -1,0 +1,277 @@
+"""Browser journeys: headless Debian Chromium against a live server on PostgreSQL, with a real
+Celery worker and beat on Redis sweeping the same test database every second.
+
+Run:  DATABASE_URL=postgres://... REDIS_URL=redis://.../<db> .venv/bin/pytest -m browser
+Screenshots land in test-artifacts/screenshots/<journey>.png (printed at the end of the run),
+Celery logs in test-artifacts/e2e-logs/.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from tests.e2e import harness
+from tests.e2e.harness import CHROMIUM, CHROMIUM_ARGS, SCREENSHOTS, CeleryProcesses, SimDevice, TunnelServer, wait_until
+
+# Playwright's sync API runs an event loop in this thread; the ORM calls the tests make for setup
+# are still plain synchronous calls, so Django's async-safety guard must stand aside.
+os.environ.setdefault("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
+
+_shots_taken: list[Path] = []
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    if item.get_closest_marker("browser") and not Path(CHROMIUM).exists():
+        message = f"needs Chromium at {CHROMIUM} (apt-get install chromium)"
+        if os.environ.get("FLEETSTATUS_REQUIRE_SERVICES") == "1":
+            pytest.fail(message)
+        pytest.skip(message)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call):
+    # Keep each phase's report on the item so the page fixture knows in teardown whether the
+    # journey failed (and must leave its screenshot behind).
+    report = yield
+    setattr(item, f"report_{report.when}", report)
+    return report
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    if _shots_taken:
+        terminalreporter.write_sep("-", "browser journeys")
+        terminalreporter.write_line(f"screenshots ({len(_shots_taken)}): {SCREENSHOTS}")
+        terminalreporter.write_line(f"celery logs: {harness.LOGS}")
+
+
+def save_screenshot(page, name: str) -> Path:
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    path = SCREENSHOTS / f"{name}.png"
+    page.screenshot(path=str(path), full_page=True)
+    if path not in _shots_taken:
+        _shots_taken.append(path)
+    return path
+
+
+# --- Processes ---------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def playwright_browser():
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()
+
+
+def _redis():
+    import redis
+    from django.conf import settings
+
+    return redis.Redis.from_url(settings.REDIS_URL)
+
+
+@pytest.fixture(scope="session")
+def celery_processes(django_db_setup, django_db_blocker):
+    """Worker and beat on the test database. Depends on django_db_setup so that it is torn down
+    (and its database connections closed) before pytest-django drops the test database."""
+    from django.conf import settings
+
+    if settings.DATABASES["default"]["ENGINE"] != "django.db.backends.postgresql" or not settings.REDIS_URL:
+        pytest.skip("browser journeys need PostgreSQL and Redis")
+    # Our own Redis database only (REDIS_URL's number): a clean broker and heartbeat store.
+    _redis().flushdb()
+    workdir = Path(tempfile.mkdtemp(prefix="fleetstatus-e2e-"))
+    env = {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": "tests.settings",
+        "DATABASE_URL": harness.database_url(settings.DATABASES["default"]),
+        "REDIS_URL": settings.REDIS_URL,
+        "FLEETSTATUS_SWEEP_INTERVAL": str(harness.SWEEP_INTERVAL),
+        "FLEETSTATUS_MIN_POLL_INTERVAL": str(harness.MIN_POLL_INTERVAL),
+        "FLEETSTATUS_DEFAULT_POLL_INTERVAL": str(settings.FLEETSTATUS_DEFAULT_POLL_INTERVAL),
+        "FLEETSTATUS_VAR_DIR": str(workdir),
+        "PYTHONPATH": str(harness.ROOT),
+    }
+    env.pop("FLEETSTATUS_TEST_DB", None)
+    processes = CeleryProcesses(env, workdir)
+    processes.start()
+    try:
+        with django_db_blocker.unblock():
+            _wait_for_sweep(processes, since=None, timeout=60)
+        yield processes
+    finally:
+        processes.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _wait_for_sweep(processes: CeleryProcesses, *, since, timeout: float) -> None:
+    """Beat -> Redis -> worker -> test database, proven by the sweep's dead-man's-switch row."""
+    from devices.models import TaskRun
+
+    def swept():
+        processes.check_alive()
+        run = TaskRun.objects.filter(name="sweep").first()
+        return run is not None and (since is None or run.last_success_at >= since)
+
+    wait_until(swept, timeout=timeout, what="the Celery sweep to run against the test database")
+
+
+# --- Per journey -------------------------------------------------------------------------------
+
+
+@dataclass
+class World:
+    """One journey's organization, login, fleets, keys and simulated devices."""
+
+    base_url: str
+    org: object
+    user: object
+    password: str
+    fast_fleet: object
+    fast_key: str
+    steady_fleet: object
+    steady_key: str
+    tunnel: TunnelServer
+    devices: list[SimDevice] = field(default_factory=list)
+
+    def register(self, fleet: str = "steady") -> SimDevice:
+        key = self.fast_key if fleet == "fast" else self.steady_key
+        device = SimDevice.register(self.base_url, key)
+        self.devices.append(device)
+        return device
+
+    def stop_all(self) -> None:
+        for device in self.devices:
+            device._stop.set()
+        for device in self.devices:
+            if device._poller is not None:
+                device._poller.join(timeout=20)
+
+
+PASSWORD = "e2e correct horse battery"
+
+
+def make_org_with_user(slug: str, username: str, *, staff: bool = False):
+    from django.contrib.auth import get_user_model
+
+    from fleets.models import Membership, Organization, Tier
+
+    org = Organization.objects.create(slug=slug, name=slug.replace("-", " ").title(), tier=Tier.PAID)
+    User = get_user_model()
+    user = (User.objects.create_superuser if staff else User.objects.create_user)(
+        username=username, password=PASSWORD, email=f"{username}@example.com"
+    )
+    Membership.objects.create(user=user, organization=org, role=Membership.Role.OWNER)
+    return org, user
+
+
+def make_fleet(org, slug: str, **kwargs):
+    from fleets.models import Fleet
+
+    fleet = Fleet(
+        organization=org, slug=slug, name=slug.replace("-", " ").title(), device_type="raspberrypi4-64", **kwargs
+    )
+    key = fleet.issue_provisioning_key()
+    fleet.save()
+    return fleet, key
+
+
+@pytest.fixture
+def e2e_settings(settings):
+    """The live server runs in this process: give it the same short clocks as the Celery processes."""
+    settings.FLEETSTATUS_MIN_POLL_INTERVAL = harness.MIN_POLL_INTERVAL
+    settings.FLEETSTATUS_SWEEP_INTERVAL = harness.SWEEP_INTERVAL
+    # Chromium talks plain HTTP to the live server; production's Secure cookies would be dropped.
+    settings.SESSION_COOKIE_SECURE = False
+    settings.CSRF_COOKIE_SECURE = False
+    return settings
+
+
+@pytest.fixture
+def world(live_server, celery_processes, e2e_settings, transactional_db) -> World:
+    from django.utils import timezone
+
+    from fleets.keys import generate_key, hash_key
+    from fleets.models import ServiceKey
+
+    started = timezone.now()
+    org, user = make_org_with_user("northwind", "olivia")
+    fast_fleet, fast_key = make_fleet(org, "fast-kiosks", poll_interval=harness.FAST_POLL_INTERVAL)
+    # Default interval (10 min): these devices stay in whatever state a journey left them in.
+    steady_fleet, steady_key = make_fleet(org, "signage")
+    service_key = generate_key()
+    ServiceKey.objects.create(name="e2e tunnel server", key_hash=hash_key(service_key))
+    # pytest-django flushed the database after the previous journey: wait for the worker to sweep
+    # this one, so a journey never starts against a stopped or lagging Celery.
+    _wait_for_sweep(celery_processes, since=started, timeout=30)
+    w = World(
+        base_url=live_server.url,
+        org=org,
+        user=user,
+        password=PASSWORD,
+        fast_fleet=fast_fleet,
+        fast_key=fast_key,
+        steady_fleet=steady_fleet,
+        steady_key=steady_key,
+        tunnel=TunnelServer(live_server.url, service_key),
+    )
+    yield w
+    w.stop_all()
+    celery_processes.check_alive()
+
+
+@pytest.fixture
+def page(request, playwright_browser):
+    """A fresh browser context per journey; screenshot left behind when the journey fails."""
+    context = playwright_browser.new_context(viewport={"width": 1366, "height": 900}, accept_downloads=True)
+    context.set_default_timeout(10_000)
+    pg = context.new_page()
+    console_errors: list[str] = []
+    pg.on("console", lambda msg: console_errors.append(msg.text) if msg.type == "error" else None)
+    pg.on("pageerror", lambda exc: console_errors.append(str(exc)))
+    pg.console_errors = console_errors
+    yield pg
+    failed = any(getattr(getattr(request.node, f"report_{when}", None), "failed", False) for when in ("setup", "call"))
+    if failed:
+        try:
+            save_screenshot(pg, journey_name(request.node))
+        except Exception as exc:  # the page may be gone; the test's own error matters more
+            print(f"could not take the failure screenshot: {exc}")
+    context.close()
+
+
+def journey_name(item: pytest.Item) -> str:
+    return re.sub(r"^test_", "", item.name)
+
+
+@pytest.fixture
+def shot(request, page):
+    """shot() saves this journey's screenshot (test-artifacts/screenshots/<journey>.png)."""
+
+    def take(suffix: str = "") -> Path:
+        return save_screenshot(page, journey_name(request.node) + (f"-{suffix}" if suffix else ""))
+
+    return take
+
+
+@pytest.fixture
+def login(page, world):
+    def do(username: str | None = None, password: str = PASSWORD, next_path: str = "/devices/") -> None:
+        page.goto(f"{world.base_url}/login/?next={next_path}")
+        page.get_by_label("Username").fill(username or world.user.username)
+        page.get_by_label("Password").fill(password)
+        with page.expect_navigation():
+            page.get_by_role("button", name=re.compile("log in", re.I)).click()
+        assert "/login/" not in page.url, f"login failed, still on {page.url}"
+
+    return do
