@@ -7,17 +7,21 @@ devices.status, and when it changes write a StatusTransition in the same transac
 
 from __future__ import annotations
 
+import re
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from dataclasses import field as dc_field
 from datetime import datetime
 from typing import Any
 
 from django.conf import settings
-from django.db import transaction
+from django.core.exceptions import ValidationError
+from django.db import IntegrityError, transaction
 from django.db.models import DateTimeField, ExpressionWrapper, F, QuerySet
 from django.utils import timezone
 
-from devices.models import Device, StatusTransition, effective_poll_interval, heartbeat_window
+from devices.models import UUID_REGEX, Device, StatusTransition, effective_poll_interval, heartbeat_window
 from devices.status import HeartbeatState, Status, with_computed_status
 from fleets.keys import generate_key, hash_key
 from fleets.models import Fleet, Organization, Tier
@@ -203,11 +207,16 @@ def set_active(device: Device | int, active: bool, *, reason: str, at: datetime 
     """Deactivate (only while Offline, as balena allows) or reactivate a device."""
     pk = device.pk if isinstance(device, Device) else device
     current = Device.objects.get(pk=pk)
-    if not active and current.is_active and current.overall_status != Status.OFFLINE:
-        raise DeviceChangeError(
-            f"{current.name} is {Status(current.overall_status).label}; only an Offline device can be deactivated."
-        )
+    if not active and (refusal := deactivation_refusal(current)):
+        raise DeviceChangeError(refusal)
     return update_device(pk, {"is_active": active}, reason=reason, at=at)
+
+
+def deactivation_refusal(device: Device) -> str | None:
+    """Why device may not be deactivated now, or None (balena allows it only while Offline)."""
+    if device.is_active and device.overall_status != Status.OFFLINE:
+        return f"{device.name} is {Status(device.overall_status).label}; only an Offline device can be deactivated."
+    return None
 
 
 def move_device(device: Device | int, fleet: Fleet, *, reason: str, at: datetime | None = None) -> Device:
@@ -271,8 +280,7 @@ def update_organization(org: Organization, changes: dict[str, Any], *, reason: s
 
 
 def update_fleet(fleet: Fleet, changes: dict[str, Any], *, reason: str, at: datetime | None = None) -> Fleet:
-    if changes.get("poll_interval") is not None and changes["poll_interval"] < settings.FLEETSTATUS_MIN_POLL_INTERVAL:
-        raise DeviceChangeError(f"The polling interval cannot be below {settings.FLEETSTATUS_MIN_POLL_INTERVAL} seconds.")
+    check_poll_interval(changes.get("poll_interval"))
     with transaction.atomic():
         for field, value in changes.items():
             setattr(fleet, field, value)
@@ -285,6 +293,19 @@ def update_fleet(fleet: Fleet, changes: dict[str, Any], *, reason: str, at: date
         if "fleet_type" in changes:
             reconcile_frozen(fleet.organization_id, reason=reason, at=at)
     return fleet
+
+
+def check_poll_interval(seconds: int | None) -> None:
+    """Refuse a polling interval (fleet setting or device override) below the installation's floor."""
+    if seconds is not None and seconds < settings.FLEETSTATUS_MIN_POLL_INTERVAL:
+        raise DeviceChangeError(poll_interval_floor_message())
+
+
+def poll_interval_floor_message() -> str:
+    return (
+        f"The polling interval cannot be below {settings.FLEETSTATUS_MIN_POLL_INTERVAL} seconds "
+        "(FLEETSTATUS_MIN_POLL_INTERVAL); leave it empty to use the default."
+    )
 
 
 def _refresh_deadlines(queryset: QuerySet) -> None:
@@ -357,3 +378,241 @@ def expire_heartbeats(now: datetime | None = None, *, batch_size: int = BATCH_SI
             )
         if len(rows) < batch_size:
             return written
+
+
+# --- Staff changes (the Django admin) ----------------------------------------------------------
+
+# The inputs staff may edit on one device; everything else is a signal or derived from them.
+ADMIN_EDITABLE_FIELDS = ("name", "notes", "poll_interval", "cloudlink_enabled", "fleet", "is_active")
+
+
+def apply_admin_edit(device: Device | int, changes: dict[str, Any], *, reason: str, at: datetime | None = None) -> Device:
+    """Apply a staff edit of a device's inputs as ONE change: one recomputation, at most one transition.
+
+    Enforces the rules of move_device (same organization), set_active (deactivate only while
+    Offline) and the interval floor, checked under the row lock so a device that came online since
+    the form was shown is refused rather than deactivated. Raises DeviceChangeError; nothing is
+    written then.
+    """
+    unknown = set(changes) - set(ADMIN_EDITABLE_FIELDS)
+    if unknown:
+        raise ValueError(f"not editable in the admin: {', '.join(sorted(unknown))}")
+    at = at or timezone.now()
+    pk = device.pk if isinstance(device, Device) else device
+    with transaction.atomic():
+        current = _locked(Device.objects.filter(pk=pk)).get()
+        changes = dict(changes)
+        fleet = changes.get("fleet")
+        if fleet is not None:
+            if fleet.pk == current.fleet_id:
+                del changes["fleet"]
+            elif fleet.organization_id != current.organization_id:
+                raise DeviceChangeError("A device can only move to another fleet of its own organization.")
+        if changes.get("is_active") is False and (refusal := deactivation_refusal(current)):
+            raise DeviceChangeError(refusal)
+        check_poll_interval(changes.get("poll_interval"))
+        updated = update_device(pk, changes, reason=reason, at=at)
+        if "fleet" in changes or "poll_interval" in changes:
+            # The effective interval may have changed, and with it when the heartbeat goes stale.
+            _refresh_deadlines(Device.objects.filter(pk=pk))
+            updated.refresh_from_db()
+    return updated
+
+
+def preregister_device(
+    fleet: Fleet, uuid: str, *, name: str = "", reason: str, at: datetime | None = None
+) -> tuple[Device, str]:
+    """Create a device before it exists: Inactive until its first contact (DESIGN.md §2.3).
+
+    Returns (device, device API key); the key goes into the device's config so that its first
+    contact authenticates, and only its hash is stored.
+    """
+    if not re.fullmatch(UUID_REGEX, uuid):
+        raise DeviceChangeError(UUID_SHAPE_MESSAGE)
+    if Device.objects.filter(uuid=uuid).exists():
+        raise DeviceChangeError(f"A device with UUID {uuid} already exists.")
+    try:
+        return create_device(fleet, uuid, name=name, is_active=False, reason=reason, at=at)
+    except IntegrityError as exc:
+        # Registered by the device itself between our check and the insert.
+        raise DeviceChangeError(f"A device with UUID {uuid} already exists.") from exc
+    except ValidationError as exc:
+        raise DeviceChangeError(" ".join(exc.messages)) from exc
+
+
+UUID_SHAPE_MESSAGE = "A device UUID is 32 or 62 lowercase hexadecimal characters (0-9, a-f)."
+
+
+@dataclass
+class ActivationResult:
+    """What set_devices_active did: devices changed, and those skipped with why."""
+
+    changed: int = 0
+    # Devices already in the requested state.
+    unchanged: list[str] = dc_field(default_factory=list)
+    # Deactivation only: (name, status label) of devices that are not Offline.
+    refused: list[tuple[str, str]] = dc_field(default_factory=list)
+
+
+def set_devices_active(queryset: QuerySet, active: bool, *, reason: str, at: datetime | None = None) -> ActivationResult:
+    """Deactivate (Offline devices only) or reactivate many devices, in locked batches.
+
+    The Offline check runs under each batch's row lock, so a device that just came online is
+    skipped, never deactivated. The allowance is reconciled once per organization at the end.
+    """
+    at = at or timezone.now()
+    result = ActivationResult()
+    ids = list(queryset.order_by("pk").values_list("pk", flat=True))
+    organizations: set[int] = set()
+    changes: dict[str, Any] = {"is_active": True, "activated_at": at} if active else {"is_active": False}
+    for chunk in _chunks(ids):
+        with transaction.atomic():
+            eligible = []
+            for d in _locked(Device.objects.filter(pk__in=chunk)):
+                if d.is_active == active:
+                    result.unchanged.append(d.name)
+                elif not active and deactivation_refusal(d):
+                    result.refused.append((d.name, Status(d.overall_status).label))
+                else:
+                    eligible.append(d)
+            _apply_locked(eligible, changes, reason, at)
+        result.changed += len(eligible)
+        organizations.update(d.organization_id for d in eligible)
+    for org_id in sorted(organizations):
+        reconcile_frozen(org_id, reason=reason, at=at)
+    return result
+
+
+def move_devices(queryset: QuerySet, fleet: Fleet, *, reason: str, at: datetime | None = None) -> int:
+    """Move many devices to fleet (all must be in its organization); returns how many moved."""
+    at = at or timezone.now()
+    foreign = queryset.exclude(organization_id=fleet.organization_id)
+    if foreign.exists():
+        raise DeviceChangeError("A device can only move to another fleet of its own organization.")
+    ids = list(queryset.exclude(fleet=fleet).order_by("pk").values_list("pk", flat=True))
+    for chunk in _chunks(ids):
+        with transaction.atomic():
+            _apply_locked(list(_locked(Device.objects.filter(pk__in=chunk))), {"fleet": fleet}, reason, at)
+            _refresh_deadlines(Device.objects.filter(pk__in=chunk))
+    if ids:
+        # The new fleet's type may be paid while the organization is free.
+        reconcile_frozen(fleet.organization_id, reason=reason, at=at)
+    return len(ids)
+
+
+# --- The device-facing API: registration and cloudlink tunnel events ---------------------------
+
+
+class UUIDTaken(DeviceChangeError):
+    """Registration of a UUID that already belongs to a device (and cannot be claimed)."""
+
+
+def _claimable(device: Device, fleet: Fleet) -> bool:
+    # Preregistered and never heard from: registering it is the device taking its reserved place.
+    # A device that ever made contact keeps its key, so a provisioning key cannot take it over.
+    return (
+        device.fleet_id == fleet.pk
+        and not device.is_active
+        and device.last_seen_at is None
+        and device.last_connectivity_event is None
+        and device.api_heartbeat_state == HeartbeatState.UNKNOWN
+    )
+
+
+def register_device(
+    fleet: Fleet, uuid: str, *, device_type: str = "", api_key: str | None = None, at: datetime | None = None
+) -> tuple[Device, str, bool]:
+    """A device registers itself with its fleet's provisioning key; returns (device, api key, claimed).
+
+    A UUID preregistered in the same fleet (inactive, never seen) is claimed: it takes the device's
+    key and type and stays Inactive until its first contact (a fetch or a tunnel connect), which
+    reactivates it as any contact does. Any other taken UUID raises UUIDTaken.
+    """
+    at = at or timezone.now()
+    api_key = api_key or generate_key()
+    existing = Device.objects.filter(uuid=uuid).only("pk").first()
+    if existing is None:
+        try:
+            device, _ = create_device(fleet, uuid, device_type=device_type, api_key=api_key, reason="registered", at=at)
+        except IntegrityError as exc:
+            # Another registration of the same UUID won the race between our check and the insert.
+            raise UUIDTaken(f"A device with UUID {uuid} is already registered.") from exc
+        except ValidationError as exc:
+            if "uuid" in getattr(exc, "message_dict", {}):
+                raise UUIDTaken(f"A device with UUID {uuid} is already registered.") from exc
+            raise DeviceChangeError(" ".join(exc.messages)) from exc
+        return device, api_key, False
+    with transaction.atomic():
+        # Re-checked under the row lock: two claims of one preregistered UUID cannot both win.
+        current = _locked(Device.objects.filter(pk=existing.pk)).get()
+        if not _claimable(current, fleet):
+            raise UUIDTaken(f"A device with UUID {uuid} is already registered.")
+        changes: dict[str, Any] = {"api_key_hash": hash_key(api_key)}
+        if device_type:
+            changes["device_type"] = device_type
+        device = update_device(current, changes, reason="preregistered device claimed by registration", at=at)
+    return device, api_key, True
+
+
+@dataclass
+class TunnelResult:
+    """What set_tunnel did: devices it applied to, status transitions written, devices reactivated."""
+
+    matched: int = 0
+    transitions: int = 0
+    reactivated: int = 0
+
+
+def set_tunnel(uuids: Iterable[str], connected: bool, service_id: int, at: datetime | None = None) -> TunnelResult:
+    """Cloudlink tunnel up or down for many devices at once (the VPN server's client events).
+
+    Connect marks the tunnel up, remembers which VPN service holds it, stamps the event and
+    last-seen times and reactivates inactive devices (any contact does; DESIGN.md §2.3), then
+    reconciles the allowance once per affected organization. Disconnect applies only where the
+    same service still holds the device: after a device hops to another VPN instance, the old
+    instance's late disconnect must not take the new tunnel down. Unknown UUIDs are ignored.
+
+    One transaction; rows are locked in primary-key batches of BATCH_SIZE (the same order every
+    bulk change uses, so concurrent calls cannot deadlock) and written with a few UPDATEs per batch,
+    never one query per device.
+    """
+    at = at or timezone.now()
+    wanted = sorted(set(uuids))
+    result = TunnelResult()
+    if not wanted:
+        return result
+    changes: dict[str, Any] = {
+        "is_connected_to_vpn": connected,
+        "vpn_service_id": service_id if connected else None,
+        "last_vpn_event": at,
+        "last_connectivity_event": at,
+    }
+    if connected:
+        # A disconnect is the VPN server noticing the device is gone, not contact from it.
+        changes["last_seen_at"] = at
+        reason = f"cloudlink tunnel connected (VPN service {service_id})"
+    else:
+        reason = f"cloudlink tunnel disconnected (VPN service {service_id})"
+    candidates = Device.objects.filter(uuid__in=wanted)
+    if not connected:
+        candidates = candidates.filter(vpn_service_id=service_id)
+    reactivated_orgs: set[int] = set()
+    with transaction.atomic():
+        ids = list(candidates.order_by("pk").values_list("pk", flat=True))
+        for chunk in _chunks(ids):
+            rows = list(_locked(Device.objects.filter(pk__in=chunk)))
+            if not connected:
+                # Re-checked under the lock: a connect through another service may have landed meanwhile.
+                rows = [d for d in rows if d.vpn_service_id == service_id]
+            active = [d for d in rows if d.is_active]
+            inactive = [d for d in rows if not d.is_active] if connected else []
+            result.transitions += _apply_locked(active if connected else rows, changes, reason, at)
+            if inactive:
+                reactivate = {**changes, "is_active": True, "activated_at": at}
+                result.transitions += _apply_locked(inactive, reactivate, reason, at)
+                reactivated_orgs.update(d.organization_id for d in inactive)
+                result.reactivated += len(inactive)
+            result.matched += len(rows)
+        for org_id in sorted(reactivated_orgs):
+            result.transitions += reconcile_frozen(org_id, reason=f"{reason}: reactivated", at=at)
+    return result
