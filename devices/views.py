@@ -1,8 +1,251 @@
-from django.contrib.auth.decorators import login_required
-from django.shortcuts import render
+"""The Devices page, the Device Summary page and the CSV export.
+
+Each page is one view and one fragment template: the full page includes the fragment, and the htmx
+poll gets the same fragment alone (plus the <title> and the dead-man's switch line, swapped out of
+band). Nothing here decides a status: the stored `overall_status` is what every page shows.
+"""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Callable, Iterator
+from datetime import datetime
+from datetime import timezone as dt_timezone
+from functools import wraps
+from urllib.parse import urlencode
+
+from django.conf import settings
+from django.contrib.auth.views import redirect_to_login
+from django.http import Http404, HttpRequest, HttpResponse, StreamingHttpResponse
+from django.shortcuts import render, resolve_url
+from django.urls import reverse
+from django.utils import timezone
+from django.utils.cache import patch_cache_control, patch_vary_headers
+from django.views.decorators.http import require_GET
+
+from devices.models import Device
+from devices.queries import (
+    SORTS,
+    STATUS_SLUGS,
+    filter_devices,
+    order_devices,
+    paginate,
+    parse_device_query,
+    scoped_devices,
+    status_counts,
+    user_organizations,
+)
+from devices.status import Status
+from devices.summary import UPTIME_WINDOWS, explain, history, uptime
+from fleets.models import Fleet
+
+EXPORT_CHUNK = 2000
 
 
-@login_required
-def device_list(request):
-    # Placeholder until the dashboard issue lands.
-    return render(request, "devices/list.html", {})
+# --- Shared by every dashboard page ---------------------------------------------------------------------
+
+
+def dashboard_view(view: Callable[..., HttpResponse]) -> Callable[..., HttpResponse]:
+    """Login required; an htmx poll from a logged-out browser gets a redirect header, not a login form."""
+
+    @wraps(view)
+    def wrapped(request: HttpRequest, *args, **kwargs) -> HttpResponse:
+        if not request.user.is_authenticated:
+            if request.htmx:
+                # The page, not the polled fragment, is what the user should return to.
+                back = request.htmx.current_url_abs_path or request.get_full_path()
+                response = HttpResponse("Your session has ended; log in again.", status=403, content_type="text/plain")
+                response["HX-Redirect"] = f"{resolve_url(settings.LOGIN_URL)}?{urlencode({'next': back})}"
+                return response
+            return redirect_to_login(request.get_full_path())
+        response = view(request, *args, **kwargs)
+        # The full page and its fragment share a URL: caches must keep them apart, and a back
+        # button must never show a bare fragment.
+        patch_vary_headers(response, ("HX-Request",))
+        patch_cache_control(response, private=True, no_cache=True)
+        return response
+
+    return require_GET(wrapped)
+
+
+def is_fragment_request(request: HttpRequest) -> bool:
+    return bool(request.htmx) and not request.htmx.boosted
+
+
+def render_page(
+    request: HttpRequest, page_template: str, fragment_template: str, context: dict, status: int = 200
+) -> HttpResponse:
+    context.setdefault("now", timezone.now())
+    context["fragment_template"] = fragment_template
+    if is_fragment_request(request):
+        return render(request, "_live_response.html", context, status=status)
+    return render(request, page_template, context, status=status)
+
+
+# --- Devices page -----------------------------------------------------------------------------------
+
+
+@dashboard_view
+def device_list(request: HttpRequest) -> HttpResponse:
+    organizations = user_organizations(request)
+    query = parse_device_query(request.GET, organizations)
+    now = timezone.now()
+
+    # Counts honour every filter but the status one, so each count is what its link will show.
+    unfiltered_by_status = filter_devices(scoped_devices(organizations), query, with_status=False)
+    counts = status_counts(unfiltered_by_status)
+    shown = query.statuses or list(STATUS_SLUGS)
+    total = sum(counts[s] for s in shown)
+    not_online = sum(counts[s] for s in shown if s != Status.ONLINE)
+
+    rows = order_devices(filter_devices(unfiltered_by_status, query), query).select_related("fleet")
+    page, page_notice = paginate(rows, total, query)
+    notices = list(query.notices) + ([page_notice] if page_notice else [])
+
+    columns = []
+    for key, (label, _) in SORTS.items():
+        active = key == query.sort
+        columns.append(
+            {
+                "key": key,
+                "label": label,
+                "next": f"-{key}" if active and not query.descending else key,
+                "aria_sort": ("descending" if query.descending else "ascending") if active else "",
+            }
+        )
+    context = {
+        "page_name": "Devices",
+        "now": now,
+        "query": query,
+        "counts": [
+            {"slug": s, "label": Status(s).label, "n": counts[s], "selected": s in query.statuses} for s in STATUS_SLUGS
+        ],
+        "count_all": sum(counts.values()),
+        "total": total,
+        "not_online": not_online,
+        "page": page,
+        "page_range": list(page.paginator.get_elided_page_range(page.number, on_each_side=2, on_ends=1)),
+        "columns": columns,
+        "sort_label": SORTS[query.sort][0],
+        "notices": notices,
+        "filtered": bool(query.statuses or query.fleets or query.q),
+        # Only the full page shows the filter form; the polled fragment never touches this.
+        "fleet_choices": Fleet.objects.filter(organization__in=organizations)
+        .select_related("organization")
+        .order_by("organization__name", "name", "pk"),
+        "multi_org": len(organizations) > 1,
+        "export_query": _export_query(request),
+    }
+    status = 404 if query.fleet_not_found else 200
+    return render_page(request, "devices/list.html", "devices/_live.html", context, status=status)
+
+
+def _export_query(request: HttpRequest) -> str:
+    params = request.GET.copy()
+    params.pop("page", None)
+    return params.urlencode()
+
+
+# --- CSV export ---------------------------------------------------------------------------------------
+
+EXPORT_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("uuid", "uuid"),
+    ("name", "name"),
+    ("status", "overall_status"),
+    ("status_changed_at", "status_changed_at"),
+    ("organization", "organization__slug"),
+    ("fleet", "fleet__slug"),
+    ("device_type", "device_type"),
+    ("os_version", "os_version"),
+    ("os_variant", "os_variant"),
+    ("supervisor_version", "supervisor_version"),
+    ("release", "release"),
+    ("ip_address", "ip_address"),
+    ("mac_address", "mac_address"),
+    ("last_seen_at", "last_seen_at"),
+    ("heartbeat", "api_heartbeat_state"),
+    ("last_heartbeat_at", "last_api_heartbeat_at"),
+    ("cloudlink_connected", "is_connected_to_vpn"),
+    ("last_vpn_event", "last_vpn_event"),
+    ("is_active", "is_active"),
+    ("is_frozen", "is_frozen"),
+    ("frozen_reason", "frozen_reason"),
+    ("provisioning_state", "provisioning_state"),
+    ("provisioning_progress", "provisioning_progress"),
+    ("update_status", "update_status"),
+    ("download_progress", "download_progress"),
+    ("created_at", "created_at"),
+    ("activated_at", "activated_at"),
+)
+
+
+class _Echo:
+    """csv.writer wants a file; this one hands each formatted line straight back."""
+
+    def write(self, value: str) -> str:
+        return value
+
+
+def _cell(value: object) -> object:
+    if value is None:
+        return ""
+    if isinstance(value, datetime):
+        return value.astimezone(dt_timezone.utc).isoformat(timespec="seconds")
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str) and value[:1] in ("=", "+", "-", "@", "\t", "\r"):
+        # Device-reported text opened in a spreadsheet must not run as a formula.
+        return "'" + value
+    return value
+
+
+@dashboard_view
+def device_export(request: HttpRequest) -> StreamingHttpResponse:
+    organizations = user_organizations(request)
+    query = parse_device_query(request.GET, organizations)
+    if query.fleet_not_found:
+        raise Http404("No such fleet in your organizations.")
+    rows = order_devices(filter_devices(scoped_devices(organizations), query), query)
+    # values_list joins fleet and organization for their slugs in the same query; iterator() streams
+    # with a server-side cursor, so 100,000 rows never sit in memory at once.
+    values = rows.values_list(*(field for _, field in EXPORT_COLUMNS)).iterator(chunk_size=EXPORT_CHUNK)
+
+    def lines() -> Iterator[str]:
+        writer = csv.writer(_Echo())
+        yield writer.writerow([name for name, _ in EXPORT_COLUMNS])
+        for row in values:
+            yield writer.writerow([_cell(v) for v in row])
+
+    stamp = timezone.now().strftime("%Y%m%d-%H%M%S")
+    response = StreamingHttpResponse(lines(), content_type="text/csv; charset=utf-8")
+    response["Content-Disposition"] = f'attachment; filename="devices-{stamp}.csv"'
+    return response
+
+
+# --- Device Summary ---------------------------------------------------------------------------------
+
+
+@dashboard_view
+def device_detail(request: HttpRequest, uuid: str) -> HttpResponse:
+    organizations = user_organizations(request)
+    device = (
+        scoped_devices(organizations).select_related("fleet", "organization").filter(uuid=uuid.lower()).first()
+    )
+    if device is None:
+        raise Http404("No such device in your organizations.")
+    now = timezone.now()
+    rows, more = history(device, now)
+    current = rows[0].transition.to_status if rows else device.overall_status
+    context = {
+        "page_name": device.name,
+        "now": now,
+        "device": device,
+        "explanation": explain(device, now),
+        "history": rows,
+        "history_more": more,
+        "uptime": uptime(device, now, current),
+        "uptime_windows": [label for label, _ in UPTIME_WINDOWS],
+        "not_online": 0 if device.overall_status == Status.ONLINE else 1,
+        "devices_url": reverse("devices:list"),
+    }
+    return render_page(request, "devices/detail.html", "devices/_summary.html", context)

@@ -1,3 +1,9 @@
+from django.urls import path
+
+from fleets import views
+
 app_name = "fleets"
 
-urlpatterns: list = []
+urlpatterns = [
+    path("", views.fleet_list, name="list"),
+]

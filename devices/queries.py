@@ -1,0 +1,247 @@
+"""What the dashboard pages read: scoping to the user's organizations, the Devices page's filters,
+sort and pagination, and the aggregate counts.
+
+Everything here is read-only. Every query is scoped by organization first, so it runs on the
+(organization, column) indexes of Device and costs the same for a hundred devices or a hundred
+thousand; counts come from one GROUP BY, never a query per row or per fleet.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import defaultdict
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+from django.core.paginator import Page, Paginator
+from django.db.models import Count, F, Q, QuerySet
+from django.http import HttpRequest, QueryDict
+
+from devices.models import Device
+from devices.status import Status
+from fleets.models import Fleet, Organization
+
+PAGE_SIZE = 50
+MAX_SEARCH_LENGTH = 100
+STATUS_SLUGS: tuple[str, ...] = tuple(s.value for s in Status)
+
+# Sortable columns: URL key -> (label, fields). The pk is always appended as the tiebreaker so the
+# order is total and a page boundary never shows a device twice or skips one. Every first field has
+# an (organization, field) index (devices/models.py); the second keeps equal values readable.
+SORTS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "status": ("Status", ("overall_status", "name")),
+    "name": ("Name", ("name",)),
+    "uuid": ("UUID", ("uuid",)),
+    "fleet": ("Fleet", ("fleet__name", "name")),
+    "device_type": ("Device type", ("device_type", "name")),
+    "os": ("OS", ("os_version", "name")),
+    "release": ("Release", ("release", "name")),
+    "ip": ("IP address", ("ip_address", "name")),
+    "last_seen": ("Last seen", ("last_seen_at",)),
+    "heartbeat": ("Heartbeat", ("api_heartbeat_state", "name")),
+    "cloudlink": ("Cloudlink", ("is_connected_to_vpn", "name")),
+}
+DEFAULT_SORT = "name"
+# Fields that may be NULL: never-seen devices go last in both directions (and on both databases,
+# which disagree about where NULL sorts by default).
+NULLABLE_SORT_FIELDS = {"last_seen_at"}
+
+SLUG_RE = re.compile(r"^[-a-zA-Z0-9_]{1,50}$")
+FLEET_PARAM_RE = re.compile(r"^(?:(?P<org>[-a-zA-Z0-9_]{1,50})/)?(?P<fleet>[-a-zA-Z0-9_]{1,50})$")
+HEX_RE = re.compile(r"^[0-9a-f]{1,62}$")
+IP_FRAGMENT_RE = re.compile(r"^[0-9a-fA-F:.]*[.:][0-9a-fA-F:.]*$")
+
+
+# --- Scoping --------------------------------------------------------------------------------------
+
+
+def user_organizations(request: HttpRequest) -> list[Organization]:
+    """The organizations the logged-in user is a member of, read once per request.
+
+    The views scope every query with it and the context processor shows it, so it is cached on the
+    request rather than queried twice.
+    """
+    cached = getattr(request, "_fleetstatus_organizations", None)
+    if cached is None:
+        user = request.user
+        if not user.is_authenticated:
+            cached = []
+        else:
+            cached = list(Organization.objects.filter(memberships__user=user).order_by("name", "pk"))
+        request._fleetstatus_organizations = cached
+    return cached
+
+
+def scoped_devices(organizations: Iterable[Organization]) -> QuerySet[Device]:
+    return Device.objects.filter(organization_id__in=[o.pk for o in organizations])
+
+
+# --- The Devices page's query parameters -------------------------------------------------------------
+
+
+@dataclass
+class DeviceQuery:
+    """The validated view the URL asks for. `notices` explains every value that was ignored."""
+
+    statuses: list[str] = field(default_factory=list)
+    fleets: list[Fleet] = field(default_factory=list)
+    fleet_param: str = ""
+    q: str = ""
+    sort: str = DEFAULT_SORT
+    descending: bool = False
+    page: int = 1
+    page_given: bool = False
+    notices: list[str] = field(default_factory=list)
+    # A well-formed fleet slug that is not among the user's organizations: the page answers 404
+    # (whether the fleet exists elsewhere or nowhere, so the answer reveals nothing).
+    fleet_not_found: bool = False
+
+    @property
+    def sort_param(self) -> str:
+        return f"-{self.sort}" if self.descending else self.sort
+
+    @property
+    def fleet(self) -> Fleet | None:
+        return self.fleets[0] if len(self.fleets) == 1 else None
+
+
+def parse_device_query(params: QueryDict | Mapping, organizations: list[Organization]) -> DeviceQuery:
+    """Validate the Devices page's query parameters; never raises for bad input."""
+    query = DeviceQuery()
+    getlist = params.getlist if hasattr(params, "getlist") else lambda k: [params[k]] if k in params else []
+
+    unknown = []
+    for value in getlist("status"):
+        value = value.strip()
+        if value in STATUS_SLUGS:
+            if value not in query.statuses:
+                query.statuses.append(value)
+        elif value:
+            unknown.append(value)
+    if unknown:
+        query.notices.append(
+            f"Unknown status {', '.join(repr(v[:40]) for v in unknown)} ignored. "
+            f"Known statuses: {', '.join(STATUS_SLUGS)}."
+        )
+
+    fleet_values = [v.strip() for v in getlist("fleet") if v.strip()]
+    if len(fleet_values) > 1:
+        query.notices.append("Only one fleet can be chosen at a time; showing all fleets.")
+    elif fleet_values:
+        _parse_fleet(query, fleet_values[0], organizations)
+
+    q_values = getlist("q")
+    q = (q_values[-1] if q_values else "").strip()
+    if len(q) > MAX_SEARCH_LENGTH:
+        query.notices.append(f"The search is longer than {MAX_SEARCH_LENGTH} characters; showing all devices.")
+    elif "\x00" in q:
+        query.notices.append("The search contains a NUL character; showing all devices.")
+    else:
+        query.q = q
+
+    sort_values = getlist("sort")
+    sort = (sort_values[-1] if sort_values else "").strip()
+    if sort:
+        key = sort[1:] if sort.startswith("-") else sort
+        if key in SORTS:
+            query.sort, query.descending = key, sort.startswith("-")
+        else:
+            query.notices.append(
+                f"Cannot sort by {sort[:40]!r}; sorted by name. Sortable: {', '.join(SORTS)} (prefix - for descending)."
+            )
+
+    page_values = getlist("page")
+    page = (page_values[-1] if page_values else "").strip()
+    if page:
+        if page.isdigit() and 0 < int(page) < 10**9:
+            query.page, query.page_given = int(page), True
+        else:
+            query.notices.append(f"Page {page[:20]!r} is not a page number; showing the first page.")
+    return query
+
+
+def _parse_fleet(query: DeviceQuery, value: str, organizations: list[Organization]) -> None:
+    match = FLEET_PARAM_RE.match(value)
+    if not match:
+        query.notices.append(f"{value[:60]!r} is not a fleet name; showing all fleets.")
+        return
+    fleets = Fleet.objects.filter(organization__in=organizations, slug=match["fleet"]).select_related("organization")
+    if match["org"]:
+        fleets = fleets.filter(organization__slug=match["org"])
+    found = list(fleets.order_by("organization__name", "pk"))
+    if found:
+        query.fleets, query.fleet_param = found, value
+    else:
+        query.fleet_not_found = True
+        query.notices.append(f"There is no fleet {value!r} in your organizations; showing all fleets.")
+
+
+def search_condition(q: str) -> Q:
+    """Name contains q, or the UUID starts with q, or an IP address contains q."""
+    condition = Q(name__icontains=q)
+    lowered = q.lower()
+    if HEX_RE.match(lowered):
+        condition |= Q(uuid__startswith=lowered)
+    if IP_FRAGMENT_RE.match(q):
+        condition |= Q(ip_address__contains=q)
+    return condition
+
+
+def filter_devices(devices: QuerySet[Device], query: DeviceQuery, *, with_status: bool = True) -> QuerySet[Device]:
+    if query.fleets:
+        devices = devices.filter(fleet_id__in=[f.pk for f in query.fleets])
+    if query.q:
+        devices = devices.filter(search_condition(query.q))
+    if with_status and query.statuses:
+        devices = devices.filter(overall_status__in=query.statuses)
+    return devices
+
+
+def order_devices(devices: QuerySet[Device], query: DeviceQuery) -> QuerySet[Device]:
+    fields = SORTS[query.sort][1]
+    ordering = []
+    for name in (*fields, "pk"):
+        expression = F(name)
+        nulls_last = True if name in NULLABLE_SORT_FIELDS else None
+        ordering.append(expression.desc(nulls_last=nulls_last) if query.descending else expression.asc(nulls_last=nulls_last))
+    return devices.order_by(*ordering)
+
+
+# --- Counts ------------------------------------------------------------------------------------------
+
+
+def status_counts(devices: QuerySet[Device]) -> dict[str, int]:
+    """Devices per status in one GROUP BY; every status present, zeros included."""
+    counts = dict.fromkeys(STATUS_SLUGS, 0)
+    rows = devices.order_by().values_list("overall_status").annotate(n=Count("pk"))
+    for status, n in rows:
+        counts[status] = n
+    return counts
+
+
+def fleet_status_counts(organizations: list[Organization]) -> dict[int, dict[str, int]]:
+    """{fleet id: {status: count}} for every fleet of the organizations, in one GROUP BY."""
+    counts: dict[int, dict[str, int]] = defaultdict(lambda: dict.fromkeys(STATUS_SLUGS, 0))
+    rows = scoped_devices(organizations).order_by().values_list("fleet_id", "overall_status").annotate(n=Count("pk"))
+    for fleet_id, status, n in rows:
+        counts[fleet_id][status] = n
+    return counts
+
+
+# --- Pagination without COUNT(*) -----------------------------------------------------------------------
+
+
+def paginate(devices: QuerySet[Device], total: int, query: DeviceQuery) -> tuple[Page, str | None]:
+    """A page of `devices`, whose size is already known from the status counts.
+
+    The Paginator would otherwise run a COUNT(*) over every matching row on each request. Returns
+    the page and a notice when the requested page does not exist.
+    """
+    paginator = Paginator(devices, PAGE_SIZE)
+    paginator.count = total  # cached_property: setting it skips the COUNT query
+    notice = None
+    number = query.page
+    if number > paginator.num_pages:
+        notice = f"There is no page {number}; showing the last page ({paginator.num_pages})."
+        number = paginator.num_pages
+    return paginator.page(number), notice
