@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from dataclasses import field as dc_field
 from datetime import datetime
@@ -17,8 +17,8 @@ from typing import Any
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
-from django.db import IntegrityError, transaction
-from django.db.models import DateTimeField, ExpressionWrapper, F, QuerySet
+from django.db import IntegrityError, connection, transaction
+from django.db.models import DateTimeField, ExpressionWrapper, F, Q, QuerySet
 from django.utils import timezone
 
 from devices.models import UUID_REGEX, Device, StatusTransition, effective_poll_interval, heartbeat_window
@@ -338,41 +338,181 @@ def heartbeat_changes(device: Device, now: datetime) -> dict[str, Any]:
     return changes
 
 
-def record_heartbeat(device: Device, *, at: datetime | None = None) -> Device:
-    """A counted target-state fetch. A device already online costs one conditional UPDATE."""
+HEARTBEAT_EXPIRED = "heartbeat expired: no target-state fetch within the polling window"
+
+
+def record_heartbeat(
+    device: Device, *, at: datetime | None = None, detect_gap: bool = True, unflushed_fetch: datetime | None = None
+) -> Device:
+    """A counted target-state fetch. A device already online and on time costs one conditional UPDATE.
+
+    A fetch at or after the deadline of a heartbeat the sweep has not expired yet (it runs every
+    few seconds, or was down for an hour) is a gap, not a continuation: the heartbeat went offline
+    at its deadline and comes back now. Both transitions are written, exactly as if the sweep had
+    run first, so the history does not depend on who got there first. `unflushed_fetch` is a later
+    fetch that the Redis store holds and the database does not have yet; it moves the deadline.
+    detect_gap=False (the Redis store is unreachable or lost its data, so such a fetch may exist
+    unseen) treats a late fetch as a continuation: never invent an outage from missing data.
+    """
     at = at or timezone.now()
     changes = heartbeat_changes(device, at)
     if device.api_heartbeat_state == HeartbeatState.ONLINE and device.is_active:
-        updated = Device.objects.filter(pk=device.pk, api_heartbeat_state=HeartbeatState.ONLINE, is_active=True).update(**changes)
-        if updated:
+        steady = Device.objects.filter(pk=device.pk, api_heartbeat_state=HeartbeatState.ONLINE, is_active=True)
+        if detect_gap:
+            steady = steady.filter(heartbeat_deadline__gt=at)
+        if steady.update(**changes):
             for field, value in changes.items():
                 setattr(device, field, value)
             return device
-    return update_device(device.pk, changes, reason="target state fetched", at=at)
+    with transaction.atomic():
+        # Under the row lock the sweep cannot expire this heartbeat behind our back (it skips
+        # locked rows), and if it already did, we read the committed offline state.
+        locked = _locked(Device.objects.filter(pk=device.pk)).get()
+        if detect_gap and locked.api_heartbeat_state == HeartbeatState.ONLINE and locked.heartbeat_deadline:
+            deadline = locked.heartbeat_deadline
+            if unflushed_fetch is not None:
+                deadline = max(deadline, unflushed_fetch + heartbeat_window(locked.effective_poll_interval))
+            if deadline <= at:
+                _apply_locked([locked], {"api_heartbeat_state": HeartbeatState.OFFLINE}, HEARTBEAT_EXPIRED, deadline)
+        return update_device(locked.pk, heartbeat_changes(locked, at), reason="target state fetched", at=at)
 
 
-def expire_heartbeats(now: datetime | None = None, *, batch_size: int = BATCH_SIZE) -> int:
+def write_back_heartbeats(fetches: Mapping[int, datetime]) -> tuple[int, set[int]]:
+    """Fold fetch times collected outside the database (the Redis store) into the device rows.
+
+    Only forward and only where the heartbeat is online: a fetch that went through the database
+    meanwhile is newer, and an expired heartbeat comes back only through record_heartbeat (with
+    its transition). Sets last_api_heartbeat_at, last_seen_at and heartbeat_deadline (with the
+    device's current interval); none of them is a status input, so no transition can result.
+    One locking SELECT (in id order, like every bulk change, so concurrent sweeps cannot deadlock)
+    and one UPDATE ... FROM (VALUES ...) per call. Returns (rows updated, ids whose heartbeat is
+    online in the database).
+    """
+    if not fetches:
+        return 0, set()
+    with transaction.atomic():
+        rows = list(
+            _locked(Device.objects.filter(pk__in=list(fetches))).only(
+                "pk", "poll_interval", "fleet__poll_interval", "api_heartbeat_state", "last_api_heartbeat_at", "last_seen_at"
+            )
+        )
+        online = {d.pk for d in rows if d.api_heartbeat_state == HeartbeatState.ONLINE}
+        values = []
+        for d in rows:
+            seen = fetches[d.pk]
+            if d.pk not in online or (d.last_api_heartbeat_at is not None and d.last_api_heartbeat_at >= seen):
+                continue
+            deadline = seen + heartbeat_window(d.effective_poll_interval)
+            last_seen = seen if d.last_seen_at is None else max(d.last_seen_at, seen)
+            values.append((d.pk, seen, deadline, last_seen))
+        _update_heartbeat_times(values)
+    return len(values), online
+
+
+def _update_heartbeat_times(values: list[tuple[int, datetime, datetime, datetime]]) -> None:
+    """One UPDATE ... FROM (VALUES ...) for (id, last fetch, deadline, last seen) rows.
+
+    VALUES columns are called column1..columnN in PostgreSQL and SQLite (3.33+) alike. Rows are
+    locked by the caller; the WHERE repeats the forward-only rule anyway.
+    """
+    if not values:
+        return
+    qn = connection.ops.quote_name
+    table = qn(Device._meta.db_table)
+    names = ("id", "api_heartbeat_state", "last_api_heartbeat_at", "heartbeat_deadline", "last_seen_at")
+    col = {name: qn(Device._meta.get_field(name).column) for name in names}
+    # Typed placeholders on PostgreSQL: with server-side binding an untyped VALUES column is text.
+    ts = "%s::timestamptz" if connection.vendor == "postgresql" else "%s"
+    row = f"(%s, {ts}, {ts}, {ts})"
+    adapt = connection.ops.adapt_datetimefield_value
+    params: list[Any] = []
+    for pk, seen, deadline, last_seen in values:
+        params += [pk, adapt(seen), adapt(deadline), adapt(last_seen)]
+    sql = (
+        f"UPDATE {table} SET {col['last_api_heartbeat_at']} = v.column2, {col['heartbeat_deadline']} = v.column3, "
+        f"{col['last_seen_at']} = v.column4 FROM (VALUES {', '.join([row] * len(values))}) AS v "
+        f"WHERE {table}.{col['id']} = v.column1 AND {table}.{col['api_heartbeat_state']} = %s "
+        f"AND ({table}.{col['last_api_heartbeat_at']} IS NULL OR {table}.{col['last_api_heartbeat_at']} < v.column2)"
+    )
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [*params, HeartbeatState.ONLINE.value])
+
+
+def extend_heartbeat_deadlines(at: datetime, *, batch_size: int = BATCH_SIZE) -> int:
+    """Give every online heartbeat at least its full window from `at`; never shortens a deadline.
+
+    For when the Redis store lost its data: the fetches it had not written back are gone, so a
+    device whose database deadline has passed may well have fetched since. Noticing a dead device
+    one window late is better than marking a live one Offline. Walks online devices in id batches
+    (short transactions, a few UPDATEs each). Returns the rows moved.
+    """
+    moved = 0
+    last_pk = 0
+    while True:
+        rows = list(
+            Device.objects.filter(api_heartbeat_state=HeartbeatState.ONLINE, pk__gt=last_pk)
+            .order_by("pk")
+            .values_list("pk", "poll_interval", "fleet__poll_interval")[:batch_size]
+        )
+        if not rows:
+            return moved
+        last_pk = rows[-1][0]
+        by_floor: dict[datetime, list[int]] = defaultdict(list)
+        for pk, own, fleet_interval in rows:
+            by_floor[at + heartbeat_window(effective_poll_interval(own, fleet_interval))].append(pk)
+        for floor, ids in by_floor.items():
+            moved += (
+                Device.objects.filter(pk__in=ids, api_heartbeat_state=HeartbeatState.ONLINE)
+                .filter(Q(heartbeat_deadline__lt=floor) | Q(heartbeat_deadline__isnull=True))
+                .update(heartbeat_deadline=floor)
+            )
+        if len(rows) < batch_size:
+            return moved
+
+
+def expire_heartbeats(
+    now: datetime | None = None,
+    *,
+    batch_size: int = BATCH_SIZE,
+    claim: Callable[[list[int]], Collection[int]] | None = None,
+) -> int:
     """Turn every heartbeat whose deadline has passed offline, stamping each transition at its deadline.
 
-    Reads only due rows (partial index on heartbeat_deadline) in bounded batches; rows another
-    sweeper holds are skipped (SKIP LOCKED), and the WHERE clause re-checks the state under the
-    lock, so two concurrent runs write each transition once. Returns the transitions written.
+    Reads only due rows (partial index on heartbeat_deadline) in bounded batches, walking the index
+    by (deadline, id) so rows left alone are not read twice. Rows that another sweep or a fetch
+    holds are skipped (SKIP LOCKED): the holder settles them. PostgreSQL re-checks the WHERE clause
+    of a row that changed while we waited for it, so an expired (or renewed) row is never returned
+    twice: two concurrent runs write each transition once.
+
+    `claim` (the Redis heartbeat store) gets the ids of each locked batch and returns those that may
+    expire (the others fetched since the database last heard of it); it runs while the rows are
+    locked, so nothing can reach the database between its answer and our commit. Returns the
+    transitions written.
     """
     now = now or timezone.now()
     written = 0
+    after: tuple[datetime, int] | None = None
     while True:
         with transaction.atomic():
-            due = (
-                Device.objects.filter(api_heartbeat_state=HeartbeatState.ONLINE, heartbeat_deadline__lte=now)
-                .select_related("fleet")
+            due = Device.objects.filter(api_heartbeat_state=HeartbeatState.ONLINE, heartbeat_deadline__lte=now)
+            if after is not None:
+                due = due.filter(Q(heartbeat_deadline__gt=after[0]) | Q(heartbeat_deadline=after[0], pk__gt=after[1]))
+            rows = list(
+                due.select_related("fleet")
                 .select_for_update(of=("self",), skip_locked=True)
                 .order_by("heartbeat_deadline", "pk")[:batch_size]
             )
-            rows = list(due)
+            if not rows:
+                return written
+            after = (rows[-1].heartbeat_deadline, rows[-1].pk)
+            expiring = rows
+            if claim is not None:
+                allowed = set(claim([d.pk for d in rows]))
+                expiring = [d for d in rows if d.pk in allowed]
             written += _apply_locked(
-                rows,
+                expiring,
                 {"api_heartbeat_state": HeartbeatState.OFFLINE},
-                "heartbeat expired: no target-state fetch within the polling window",
+                HEARTBEAT_EXPIRED,
                 now,
                 transition_at_field="heartbeat_deadline",
             )
