@@ -1,0 +1,450 @@
+"""The journeys of issue #7: what a person sees in Chromium while real devices and a real Celery
+worker change statuses underneath.
+
+Locators use the hooks the dashboard issue (#5) prescribes: `data-uuid` on device rows,
+`data-status` on badges, `data-status-count` on counts, `data-fleet` on fleet rows. Waits are for
+conditions (Playwright's expect with a timeout), never for a fixed time.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import re
+from urllib.parse import parse_qs, urlsplit
+
+import pytest
+from playwright.sync_api import Page, expect
+
+from tests.e2e.conftest import PASSWORD, make_fleet, make_org_with_user
+from tests.e2e.harness import FAST_POLL_INTERVAL, SWEEP_INTERVAL, SimDevice, wait_until
+
+pytestmark = [pytest.mark.browser, pytest.mark.postgres, pytest.mark.redis]
+
+# Labels exactly as DESIGN.md §2 writes them.
+LABELS = {
+    "online": "Online",
+    "online-vpn-only": "Online (VPN Only)",
+    "online-heartbeat-only": "Online (Heartbeat Only)",
+    "offline": "Offline",
+    "configuring": "Configuring",
+    "updating": "Updating",
+    "post-provisioning": "Post Provisioning",
+    "inactive": "Inactive",
+    "frozen": "Frozen",
+}
+# A device that stops fetching turns Offline after its deadline (interval x 1.5), then the sweep
+# (every SWEEP_INTERVAL s) stores it, then the page's next htmx refresh (every 10 s) shows it.
+PAGE_REFRESH = 10
+LIVE_TIMEOUT_MS = int((FAST_POLL_INTERVAL * 1.5 + SWEEP_INTERVAL + PAGE_REFRESH + 8) * 1000)
+
+
+# --- Page helpers ----------------------------------------------------------------------------------
+
+
+def row(page: Page, device: SimDevice):
+    return page.locator(f"[data-uuid='{device.uuid}']")
+
+
+def badge(page: Page, device: SimDevice):
+    return row(page, device).locator("[data-status]").first
+
+
+def count(page: Page, slug: str):
+    return page.locator(f"[data-status-count='{slug}']").first
+
+
+def expect_badge(page: Page, device: SimDevice, slug: str, timeout: int = 10_000) -> None:
+    expect(badge(page, device)).to_have_attribute("data-status", slug, timeout=timeout)
+    expect(badge(page, device)).to_contain_text(LABELS[slug])
+
+
+def count_value(page: Page, slug: str) -> int:
+    if page.locator(f"[data-status-count='{slug}']").count() == 0:
+        return 0
+    return int(re.sub(r"\D", "", count(page, slug).inner_text()) or 0)
+
+
+def expect_count(page: Page, slug: str, n: int, timeout: int = 10_000) -> None:
+    expect(count(page, slug)).to_have_text(re.compile(rf"^\D*{n}\D*$"), timeout=timeout)
+
+
+def row_uuids(page: Page) -> list[str]:
+    return page.locator("tbody [data-uuid]").evaluate_all("rows => rows.map(r => r.dataset.uuid)")
+
+
+def query(page: Page) -> dict[str, list[str]]:
+    return parse_qs(urlsplit(page.url).query)
+
+
+def mark_document(page: Page) -> None:
+    """Tag the live document: if the page were reloaded, the tag would be gone."""
+    page.evaluate("window.__e2eNoReload = true")
+
+
+def assert_not_reloaded(page: Page) -> None:
+    assert page.evaluate("window.__e2eNoReload === true"), "the page was reloaded; it must update in place"
+
+
+def assert_no_console_errors(page: Page, allow: str | None = None) -> None:
+    """Script errors and CSP violations show up in the console; a journey must produce none."""
+    errors = [e for e in page.console_errors if not (allow and re.search(allow, e))]
+    assert not errors, errors
+
+
+def sweep_after(*, seconds_from_now: float) -> None:
+    """Wait until the Celery sweep has completed a run that started after now + seconds."""
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from devices.models import TaskRun
+
+    moment = timezone.now() + timedelta(seconds=seconds_from_now)
+    wait_until(
+        lambda: TaskRun.objects.filter(name="sweep", last_success_at__gt=moment + timedelta(seconds=0.2)).exists(),
+        timeout=seconds_from_now + 20,
+        what="a sweep after the would-be deadline",
+    )
+
+
+def online(world, fleet: str = "steady") -> SimDevice:
+    """Fetches (heartbeat) and holds a tunnel: Online."""
+    device = world.register(fleet)
+    device.fetch()
+    world.tunnel.connect(device)
+    return device
+
+
+def heartbeat_only(world, fleet: str = "steady") -> SimDevice:
+    device = world.register(fleet)
+    device.fetch()
+    return device
+
+
+def vpn_only(world) -> SimDevice:
+    device = world.register("steady")
+    world.tunnel.connect(device)
+    return device
+
+
+def offline(world) -> SimDevice:
+    """Had a tunnel once, never fetched, tunnel gone: Offline at once (no deadline to wait for)."""
+    device = world.register("steady")
+    world.tunnel.connect(device)
+    world.tunnel.disconnect(device)
+    return device
+
+
+# --- 1. Log in; correct badges; another organization's devices absent -------------------------------
+
+
+def test_j1_login_badges_and_scoping(world, page: Page, login, shot):
+    expected = {
+        "online": online(world),
+        "online-heartbeat-only": heartbeat_only(world),
+        "online-vpn-only": vpn_only(world),
+        "offline": offline(world),
+        "configuring": world.register("steady"),
+    }
+    post = world.register("steady")
+    post.report(provisioning_state="Post-Provisioning", provisioning_progress=40)
+    expected["post-provisioning"] = post
+
+    other_org, _ = make_org_with_user("contoso", "mallory")
+    _, other_key = make_fleet(other_org, "robots")
+    intruder = SimDevice.register(world.base_url, other_key)
+    intruder.fetch()
+
+    login()
+    expect(page).to_have_url(re.compile(r"/devices/"))
+    for slug, device in expected.items():
+        expect_badge(page, device, slug)
+    # Label, an icon and the footnote markers of the two partial states.
+    expect(badge(page, expected["online-heartbeat-only"])).to_contain_text("²")
+    expect(badge(page, expected["online-vpn-only"])).to_contain_text("¹")
+    for slug in expected:
+        expect_count(page, slug, 1)
+    expect(page.locator("tbody [data-uuid]")).to_have_count(len(expected))
+
+    # Contoso's device is nowhere: not in the table, not by name, not by search, not by URL.
+    expect(row(page, intruder)).to_have_count(0)
+    assert intruder.uuid[:7] not in page.content()
+    page.goto(f"{world.base_url}/devices/?q={intruder.uuid[:10]}")
+    expect(page.locator("tbody [data-uuid]")).to_have_count(0)
+    response = page.goto(f"{world.base_url}/devices/{intruder.uuid}/")
+    assert response is not None and response.status == 404
+    page.goto(f"{world.base_url}/devices/")
+    expect_badge(page, expected["online"], "online")
+    shot()
+    assert_no_console_errors(page, allow=r"status of 404")
+
+
+# --- 2. Filter by a count, sort by last seen, page forward, back restores the view ----------------
+
+
+def test_j2_filter_sort_page_and_back(world, page: Page, login, shot):
+    from devices.queries import PAGE_SIZE
+
+    # One page and a bit of Heartbeat Only devices, each fetching once in turn (so "last seen"
+    # orders them), plus devices in other statuses the filter must drop.
+    fetched_in_order = [heartbeat_only(world) for _ in range(PAGE_SIZE + 3)]
+    others = [online(world), world.register("steady")]
+
+    login()
+    expect_count(page, "online-heartbeat-only", len(fetched_in_order))
+    count(page, "online-heartbeat-only").click()
+    expect(page).to_have_url(re.compile(r"[?&]status=online-heartbeat-only(&|$)"))
+    rows = page.locator("tbody [data-uuid]")
+    expect(rows).to_have_count(PAGE_SIZE)
+    expect(page.locator("tbody [data-uuid] [data-status]:not([data-status='online-heartbeat-only'])")).to_have_count(0)
+    for device in others:
+        expect(row(page, device)).to_have_count(0)
+
+    # Sort by last seen: the header link; the URL carries the sort and keeps the filter.
+    page.locator("thead").get_by_role("link", name=re.compile("last seen", re.I)).click()
+    expect(page).to_have_url(re.compile(r"[?&]sort=-?last_seen(&|$)"))
+    if query(page)["sort"] == ["last_seen"]:
+        page.locator("thead").get_by_role("link", name=re.compile("last seen", re.I)).click()
+        expect(page).to_have_url(re.compile(r"[?&]sort=-last_seen(&|$)"))
+    assert query(page)["status"] == ["online-heartbeat-only"]
+    newest_first = [d.uuid for d in reversed(fetched_in_order)]
+    expect(rows.first).to_have_attribute("data-uuid", newest_first[0])
+    assert row_uuids(page) == newest_first[:PAGE_SIZE]
+    sorted_url = page.url
+
+    # Page forward: the rest, still filtered and sorted.
+    page.get_by_role("link", name=re.compile(r"next", re.I)).first.click()
+    expect(page).to_have_url(re.compile(r"[?&]page=2(&|$)"))
+    expect(rows).to_have_count(len(fetched_in_order) - PAGE_SIZE)
+    assert row_uuids(page) == newest_first[PAGE_SIZE:]
+    assert query(page)["status"] == ["online-heartbeat-only"] and query(page)["sort"] == ["-last_seen"]
+    shot("page-2")
+
+    # Back: the first page of the same filtered, sorted view.
+    page.go_back()
+    expect(page).to_have_url(sorted_url)
+    expect(rows.first).to_have_attribute("data-uuid", newest_first[0])
+    expect(rows).to_have_count(PAGE_SIZE)
+    assert row_uuids(page) == newest_first[:PAGE_SIZE]
+    shot()
+    assert_no_console_errors(page)
+
+
+# --- 3. A device stops fetching: Offline without a reload, and the counts follow -----------------
+
+
+def test_j3_silent_device_turns_offline_live(world, page: Page, login, shot):
+    fading = world.register("fast")
+    fading.start_polling(every=1)
+    steady = heartbeat_only(world)  # a control: 10-minute window, must not change
+
+    login()
+    expect_badge(page, fading, "online-heartbeat-only")
+    expect_count(page, "online-heartbeat-only", 2)
+    assert count_value(page, "offline") == 0
+    mark_document(page)
+
+    fading.stop_polling()  # power cut: no more fetches
+    expect_badge(page, fading, "offline", timeout=LIVE_TIMEOUT_MS)
+    expect_count(page, "offline", 1)
+    expect_count(page, "online-heartbeat-only", 1)
+    expect_badge(page, steady, "online-heartbeat-only")
+    assert_not_reloaded(page)
+    shot()
+    assert_no_console_errors(page)
+
+
+# --- 4. The tunnel drops while the device keeps fetching: Heartbeat Only with ² and its footnote ---
+
+
+def footnote(page: Page, marker: str):
+    """The footnote explaining a marker: text that carries the marker outside any badge."""
+    return (
+        page.locator("footer, aside, p, li, dd, dt, small, div:not(:has(*))")
+        .filter(has_text=re.compile(re.escape(marker)))
+        .filter(has_not=page.locator("[data-status]"))
+        .filter(has_text=re.compile(r"tunnel|SSH|VPN", re.I))
+    )
+
+
+def test_j4_tunnel_drop_shows_heartbeat_only_with_footnote(world, page: Page, login, shot):
+    device = world.register("fast")
+    device.start_polling(every=1)
+    world.tunnel.connect(device)
+
+    login()
+    expect_badge(page, device, "online")
+    mark_document(page)
+
+    world.tunnel.disconnect(device)  # e.g. a firewall starts dropping VPN traffic
+    expect_badge(page, device, "online-heartbeat-only", timeout=LIVE_TIMEOUT_MS)
+    expect(badge(page, device)).to_contain_text("²")
+    expect(footnote(page, "²").first).to_be_visible()
+    assert_not_reloaded(page)
+    # It keeps fetching, so it is still Heartbeat Only (not Offline) once a sweep has run past the
+    # moment its deadline would have passed had it stopped.
+    sweep_after(seconds_from_now=FAST_POLL_INTERVAL * 1.5 + 0.5)
+    page.reload()
+    expect_badge(page, device, "online-heartbeat-only")
+    expect(footnote(page, "²").first).to_be_visible()
+    shot()
+    assert_no_console_errors(page)
+
+
+# --- 5. Device Summary: why, history of the transitions just caused, uptime -------------------------
+
+
+def test_j5_device_summary_why_history_uptime(world, page: Page, login, shot):
+    device = world.register("fast")  # Configuring: registered, never connected
+    device.start_polling(every=1)  # -> Online (Heartbeat Only)
+    world.tunnel.connect(device)  # -> Online
+    world.tunnel.disconnect(device)  # -> Online (Heartbeat Only)
+
+    login(next_path=f"/devices/{device.uuid}/")
+    expect(page).to_have_url(re.compile(rf"/devices/{device.uuid}/$"))
+    expect(page.locator("[data-status]").first).to_have_attribute("data-status", "online-heartbeat-only")
+    device.stop_polling()  # -> Offline once its deadline passes
+    page.reload()
+    mark_document(page)
+    summary_badge = page.locator("[data-status]").first
+    expect(summary_badge).to_have_attribute("data-status", "offline", timeout=LIVE_TIMEOUT_MS)
+
+    # Why: each signal against its threshold — the last fetch and its deadline, the tunnel.
+    why = page.locator("[data-why], #why, section:has(h2:text-matches('why', 'i'))").first
+    expect(why).to_be_visible()
+    expect(why).to_contain_text(re.compile(r"fetch", re.I))
+    expect(why).to_contain_text(re.compile(r"deadline", re.I))
+    expect(why).to_contain_text(re.compile(r"tunnel", re.I))
+
+    # History, newest first: exactly the transitions this journey caused.
+    history = page.locator("[data-history], #history, section:has(h2:text-matches('history', 'i'))").first
+    expected = ["offline", "online-heartbeat-only", "online", "online-heartbeat-only", "configuring"]
+    entries = history.locator("[data-status]")
+    expect(entries).to_have_count(len(expected), timeout=LIVE_TIMEOUT_MS)
+    assert entries.evaluate_all("els => els.map(e => e.dataset.status)") == expected
+    for slug in expected:
+        expect(history).to_contain_text(LABELS[slug])
+
+    # Uptime over three windows, each with a figure (a share, or "no data").
+    uptime = page.locator("[data-uptime], #uptime, section:has(h2:text-matches('uptime', 'i'))").first
+    for window in ("24 h", "7 d", "30 d"):
+        expect(uptime).to_contain_text(window)
+    expect(uptime).to_contain_text(re.compile(r"\d+(\.\d+)?\s?%"))
+    assert_not_reloaded(page)
+    shot()
+    assert_no_console_errors(page)
+
+
+# --- 6. Fleets page: stacked bar and counts; a count leads to the filtered Devices page -------------
+
+
+def test_j6_fleets_bar_and_count_link(world, page: Page, login, shot):
+    steady_online = [online(world) for _ in range(2)]
+    steady_hb = [heartbeat_only(world) for _ in range(3)]
+    fast = [world.register("fast") for _ in range(2)]  # Configuring
+    login(next_path="/fleets/")
+    expect(page).to_have_url(re.compile(r"/fleets/$"))
+
+    signage = page.locator(f"[data-fleet='{world.steady_fleet.slug}']")
+    kiosks = page.locator(f"[data-fleet='{world.fast_fleet.slug}']")
+    expect(signage).to_be_visible()
+    expect(kiosks).to_be_visible()
+    expect(signage).to_contain_text("5")  # device count
+    expect(signage.locator("[data-status-count='online']")).to_have_text(re.compile(r"^\D*2\D*$"))
+    expect(signage.locator("[data-status-count='online-heartbeat-only']")).to_have_text(re.compile(r"^\D*3\D*$"))
+    expect(kiosks.locator("[data-status-count='configuring']")).to_have_text(re.compile(r"^\D*2\D*$"))
+    # The stacked bar: one segment per status present, widths in proportion (2 : 3).
+    bar_segments = signage.locator("[data-bar-segment], .bar > *, [class*='bar'] [style*='width']")
+    expect(bar_segments.first).to_be_visible()
+    widths = signage.locator("[style*='width']").evaluate_all("els => els.map(e => e.getBoundingClientRect().width)")
+    widths = sorted(w for w in widths if w > 0)
+    assert len(widths) >= 2 and abs(widths[-1] / widths[-2] - 1.5) < 0.2, widths
+    shot()
+
+    signage.locator("[data-status-count='online-heartbeat-only']").click()
+    expect(page).to_have_url(re.compile(r"/devices/\?"))
+    assert query(page).get("status") == ["online-heartbeat-only"]
+    assert query(page).get("fleet", [""])[0].split("/")[-1] == world.steady_fleet.slug
+    rows = page.locator("tbody [data-uuid]")
+    expect(rows).to_have_count(len(steady_hb))
+    assert sorted(row_uuids(page)) == sorted(d.uuid for d in steady_hb)
+    for device in steady_online + fast:
+        expect(row(page, device)).to_have_count(0)
+    shot("devices")
+    assert_no_console_errors(page)
+
+
+# --- 7. Admin: deactivate an Offline device; an Online one is refused with a message ---------------
+
+
+def test_j7_admin_deactivate(world, page: Page, login, shot):
+    from django.contrib.auth import get_user_model
+
+    from fleets.models import Membership
+
+    gone = offline(world)
+    alive = online(world)
+    staff = get_user_model().objects.create_superuser(username="root", password=PASSWORD, email="root@example.com")
+    # Also a member of the organization, so the same login can look at the dashboard afterwards.
+    Membership.objects.create(user=staff, organization=world.org, role=Membership.Role.MEMBER)
+    gone_name, alive_name = _device_names(gone, alive)
+
+    login("root", next_path="/admin/devices/device/")
+    expect(page).to_have_url(re.compile(r"/admin/devices/device/"))
+
+    def deactivate(device_name: str) -> None:
+        page.locator("#result_list tbody tr", has_text=device_name).locator("input[name='_selected_action']").check()
+        page.locator("select[name='action']").select_option("deactivate")
+        page.get_by_role("button", name="Go").click()
+
+    deactivate(gone_name)
+    expect(page.locator(".messagelist .success")).to_contain_text("Deactivated 1 device")
+    expect(page.locator("#result_list tbody tr", has_text=gone_name).locator("[data-status]")).to_have_attribute(
+        "data-status", "inactive"
+    )
+    deactivate(alive_name)
+    refusal = page.locator(".messagelist .warning")
+    expect(refusal).to_contain_text(alive_name)
+    expect(refusal).to_contain_text(re.compile(r"only an Offline device can be deactivated", re.I))
+    expect(page.locator(".messagelist .success")).to_have_count(0)
+    shot("admin")
+
+    page.goto(f"{world.base_url}/devices/")
+    expect_badge(page, gone, "inactive")
+    expect_badge(page, alive, "online")
+    shot()
+    assert_no_console_errors(page)
+
+
+def _device_names(*devices: SimDevice) -> list[str]:
+    from devices.models import Device
+
+    by_uuid = dict(Device.objects.filter(uuid__in=[d.uuid for d in devices]).values_list("uuid", "name"))
+    return [by_uuid[d.uuid] for d in devices]
+
+
+# --- 8. CSV export downloads exactly the filtered rows ---------------------------------------------
+
+
+def test_j8_csv_export_of_filtered_view(world, page: Page, login, shot):
+    wanted = [heartbeat_only(world) for _ in range(3)]
+    unwanted = [online(world), offline(world), world.register("steady")]
+    login()
+    count(page, "online-heartbeat-only").click()
+    expect(page).to_have_url(re.compile(r"[?&]status=online-heartbeat-only(&|$)"))
+    expect(page.locator("tbody [data-uuid]")).to_have_count(len(wanted))
+    shot()
+
+    export = page.get_by_role("link", name=re.compile(r"csv|export", re.I)).first
+    assert "status=online-heartbeat-only" in (export.get_attribute("href") or "")
+    with page.expect_download() as info:
+        export.click()
+    download = info.value
+    assert download.suggested_filename.endswith(".csv")
+    content = open(download.path(), encoding="utf-8-sig").read()
+    table = list(csv.DictReader(io.StringIO(content)))
+    uuid_column = next(c for c in table[0] if c and c.strip().lower() == "uuid") if table else "uuid"
+    assert sorted(r[uuid_column] for r in table) == sorted(d.uuid for d in wanted)
+    assert not {d.uuid for d in unwanted} & {r[uuid_column] for r in table}
+    assert_no_console_errors(page)
