@@ -112,6 +112,27 @@ def staff_client(db):
     return c
 
 
+@pytest.fixture(autouse=True)
+def _fresh_heartbeat_store():
+    """With REDIS_URL, every test starts with an empty, trusted heartbeat store (devices/heartbeats.py).
+
+    Device ids repeat across tests (SQLite reuses rolled-back ids, each run recreates the database),
+    and a leftover member of the store's online set would let a fetch skip the database.
+    """
+    from django.conf import settings
+
+    if settings.REDIS_URL:
+        from redis.exceptions import RedisError
+
+        from devices import heartbeats
+
+        try:
+            heartbeats.store().reset()
+        except RedisError:
+            pass  # tests that need Redis are marked `redis` and fail or skip on their own
+    yield
+
+
 # --- Service markers ---------------------------------------------------------------------------
 # Tests marked `postgres` need row locks and real concurrency; tests marked `redis` need a Redis
 # server. Locally without DATABASE_URL/REDIS_URL they are skipped with a reason; in CI
