@@ -168,6 +168,17 @@ CELERY_BEAT_SCHEDULE = {
         # A sweep message that waited longer than one interval is useless: the next one is due.
         "options": {"expires": float(FLEETSTATUS_SWEEP_INTERVAL)},
     },
+    # Housekeeping (devices/sweep.py): allowance re-check for every organization, history pruning.
+    "reconcile-frozen": {
+        "task": "devices.tasks.reconcile_frozen",
+        "schedule": 300.0,
+        "options": {"expires": 300.0},
+    },
+    "prune-transitions": {
+        "task": "devices.tasks.prune_transitions",
+        "schedule": 3600.0,
+        "options": {"expires": 3600.0},
+    },
 }
 
 # --- Auth -------------------------------------------------------------------------------------
