@@ -1,0 +1,155 @@
+"""The Fleets page (/fleets/): per-fleet counts and bars, organization usage, scoping, query counts."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
+
+from devices import services
+from fleets.models import Membership, Tier
+from tests.dashboard_helpers import device_in, html, text, title
+
+URL = "/fleets/"
+
+pytestmark = pytest.mark.django_db
+
+
+def card(response, slug: str) -> str:
+    match = re.search(rf'<li class="fleet-card" data-fleet="{slug}">.*?\n      </li>', html(response), re.S)
+    assert match, slug
+    return match.group(0)
+
+
+def org_head(response, slug: str) -> str:
+    match = re.search(rf'<section class="org" data-org="{slug}".*?</header>', html(response), re.S)
+    assert match, slug
+    return match.group(0)
+
+
+def counts_in(markup: str) -> dict[str, int]:
+    return {s: int(n) for s, n in re.findall(r'data-status-count="([a-z-]+)">(\d+)<', markup)}
+
+
+def test_anonymous_is_sent_to_login(anon_client):
+    response = anon_client.get(URL)
+    assert response.status_code == 302 and response["Location"] == "/login/?next=/fleets/"
+    poll = anon_client.get(URL, HTTP_HX_REQUEST="true")
+    assert poll.status_code == 403 and poll["HX-Redirect"] == "/login/?next=%2Ffleets%2F"
+
+
+def test_fleet_cards_with_counts_links_and_bar(owner_client, make_device, make_fleet, org, fleet):
+    for status in ("online", "online", "offline", "online-heartbeat-only"):
+        device_in(make_device, status)
+    sensors, _ = make_fleet(org, "sensors")
+    device_in(make_device, "updating", fleet=sensors)
+    make_fleet(org, "empty")
+    response = owner_client.get(URL)
+    assert response.status_code == 200
+    kiosks = card(response, "kiosks")
+    assert counts_in(kiosks) == {"online": 2, "online-heartbeat-only": 1, "offline": 1}
+    assert 'data-fleet-total="4"' in kiosks and "raspberrypi4-64" in kiosks
+    assert 'href="/devices/?fleet=kiosks&amp;status=offline"' in kiosks
+    assert 'href="/devices/?fleet=kiosks&amp;status=online-heartbeat-only"' in kiosks
+    assert '<a href="/devices/?fleet=kiosks">Kiosks</a>' in kiosks
+    # The stacked bar: one segment per non-zero status, proportional (flex-grow = count).
+    segments = re.findall(r'class="stackbar__seg seg--([a-z-]+)" style="flex-grow: (\d+)"', kiosks)
+    assert segments == [("online", "2"), ("online-heartbeat-only", "1"), ("offline", "1")]
+    # Legend labels carry the footnote marker of the partial states.
+    assert "Online (Heartbeat Only)<sup>²</sup>" in kiosks
+    assert counts_in(card(response, "sensors")) == {"updating": 1}
+    assert "No devices yet." in card(response, "empty")
+    assert title(response) == "(3) Fleets · fleetstatus"
+
+
+def test_count_links_lead_to_exactly_those_devices(owner_client, make_device, make_fleet, org):
+    device_in(make_device, "offline", name="k-off")
+    sensors, _ = make_fleet(org, "sensors")
+    s_off = device_in(make_device, "offline", name="s-off", fleet=sensors)
+    link = re.search(r'href="(/devices/\?fleet=sensors&amp;status=offline)"', html(owner_client.get(URL))).group(1)
+    devices_page = html(owner_client.get(link.replace("&amp;", "&")))
+    assert re.findall(r'<tr data-uuid="([0-9a-f]+)"', devices_page) == [s_off.uuid]
+
+
+def test_organization_usage_allowance_frozen_and_tier(owner_client, make_device, org):
+    for _ in range(3):
+        device_in(make_device, "online")
+    device_in(make_device, "inactive")
+    services.update_organization(org, {"device_allowance": 2}, reason="test")
+    response = owner_client.get(URL)
+    head = org_head(response, org.slug)
+    # 3 active (the inactive one does not count), 2 allowed, so the newest active one is frozen.
+    assert 'data-org-active="3"' in head and 'data-org-allowance="2"' in head and 'data-org-frozen="1"' in head
+    assert "org__stat--over" in head
+    assert 'data-org-tier="paid"' in head and "Paid tier" in head
+    assert counts_in(card(response, "kiosks")) == {"online": 2, "inactive": 1, "frozen": 1}
+
+
+def test_unlimited_allowance_and_paid_fleet_on_free_tier(owner_client, make_device, org):
+    device_in(make_device, "frozen")  # moves the org to the free tier, device into a paid fleet
+    response = owner_client.get(URL)
+    head = org_head(response, org.slug)
+    assert "no allowance limit" in head and "Free tier" in head
+    assert "A paid fleet type on a free tier: its active devices are frozen." in text(card(response, "paid-signage"))
+
+
+def test_only_the_users_organizations(owner_client, make_device, other_fleet, other_org):
+    device_in(make_device, "online")
+    device_in(make_device, "online", fleet=other_fleet)
+    page = html(owner_client.get(URL))
+    assert 'data-fleet="kiosks"' in page
+    assert 'data-fleet="robots"' not in page and other_org.name not in page
+
+
+def test_same_fleet_slug_in_two_organizations_links_each_to_its_own(owner, owner_client, make_device, make_fleet, other_org):
+    Membership.objects.create(user=owner, organization=other_org)
+    twin, _ = make_fleet(other_org, "kiosks")
+    mine = device_in(make_device, "online", name="mine")
+    theirs = device_in(make_device, "offline", name="theirs", fleet=twin)
+    page = html(owner_client.get(URL))
+    assert 'href="/devices/?fleet=northwind/kiosks&amp;status=online"' in page
+    assert 'href="/devices/?fleet=contoso/kiosks&amp;status=offline"' in page
+    rows = re.findall(r'<tr data-uuid="([0-9a-f]+)"', html(owner_client.get("/devices/?fleet=contoso/kiosks")))
+    assert rows == [theirs.uuid] and mine.uuid not in rows
+
+
+def test_no_organization_yet(client, django_user_model):
+    user = django_user_model.objects.create_user(username="loner", password="x")
+    client.force_login(user)
+    response = client.get(URL)
+    assert response.status_code == 200
+    assert "You are not a member of any organization yet." in html(response)
+
+
+def test_htmx_poll_renders_the_fragment_only(owner_client, make_device):
+    device_in(make_device, "offline")
+    response = owner_client.get(URL, HTTP_HX_REQUEST="true")
+    body = html(response)
+    assert body.lstrip().startswith("<title>(1) Fleets · fleetstatus</title>")
+    assert '<div id="live"' in body and 'data-fleet="kiosks"' in body
+    assert "<html" not in body and "<header class=\"topbar\"" not in body
+
+
+FLEETS_QUERIES = 6  # session, user, memberships, fleets, devices grouped by fleet and status, dead-man's switch
+
+
+def _queries(client) -> int:
+    with CaptureQueriesContext(connection) as ctx:
+        assert client.get(URL).status_code == 200
+    return len(ctx.captured_queries)
+
+
+def test_query_count_does_not_grow_with_fleets_or_devices(owner_client, make_device, make_fleet, org):
+    device_in(make_device, "online")
+    small = _queries(owner_client)
+    for i in range(8):
+        f, _ = make_fleet(org, f"f{i}", fleet_type=Tier.FREE)
+        for j in range(4):
+            device_in(make_device, ["online", "offline", "updating", "configuring"][j], fleet=f)
+    assert _queries(owner_client) == small == FLEETS_QUERIES
+    with CaptureQueriesContext(connection) as ctx:
+        owner_client.get(URL)
+    grouped = [q["sql"] for q in ctx.captured_queries if "GROUP BY" in q["sql"].upper()]
+    assert len(grouped) == 1 and "devices_device" in grouped[0]
