@@ -31,6 +31,8 @@ from devices.models import Device, StatusTransition
 from fleets.models import Fleet, Organization
 
 HEX_PREFIX = re.compile(r"[0-9a-f]{1,62}")
+# A hex term this long that starts a UUID is taken as that UUID (the pages show 7 characters).
+UUID_ONLY_LENGTH = 7
 # How many device names a message or a confirmation page lists before "and N more".
 LISTED_NAMES = 10
 MOVE_PREVIEW_LIMIT = 50
@@ -190,13 +192,16 @@ class DeviceAdmin(admin.ModelAdmin):
     )
     # The real search is get_search_results(); this only makes the admin show the search box.
     search_fields = ("name",)
-    search_help_text = "Name or IP address (contains), or the start of a UUID."
+    search_help_text = (
+        "Name or IP address (contains), or the start of a UUID; 7 or more hex characters that start a UUID find "
+        "just that device."
+    )
     list_select_related = ("fleet", "organization")
     # A COUNT(*) of the unfiltered table on every page view is the slow part at 100,000 rows.
     show_full_result_count = False
     # Facet counts run one aggregate per filter option; not on a table this size.
     show_facets = admin.ShowFacets.NEVER
-    list_per_page = 100
+    list_per_page = 50
     list_max_show_all = 500
     # Newest devices first, served by the primary key index (no sort of the whole table).
     ordering = ("-pk",)
@@ -278,13 +283,20 @@ class DeviceAdmin(admin.ModelAdmin):
         term = search_term.strip()
         if not term:
             return queryset, False
-        query = Q(name__icontains=term) | Q(ip_address__icontains=term)
-        if HEX_PREFIX.fullmatch(term.lower()):
-            # UUIDs are stored lowercase, so a case-sensitive prefix match on the lowered term finds
-            # what istartswith would, as LIKE 'abc%' that PostgreSQL's varchar_pattern_ops index on
-            # the unique column can serve; istartswith wraps the column in UPPER() and cannot.
-            query |= Q(uuid__startswith=term.lower())
-        return queryset.filter(query), False
+        prefix = term.lower()
+        if not HEX_PREFIX.fullmatch(prefix):
+            return queryset.filter(Q(name__icontains=term) | Q(ip_address__icontains=term)), False
+        # UUIDs are stored lowercase, so a case-sensitive prefix match on the lowered term finds what
+        # istartswith would, as LIKE 'abc%', which PostgreSQL's varchar_pattern_ops index on the
+        # unique column serves (istartswith wraps the column in UPPER() and cannot).
+        by_uuid = queryset.filter(uuid__startswith=prefix)
+        if len(prefix) >= UUID_ONLY_LENGTH and by_uuid.exists():
+            # A pasted (short) UUID: answer from the index alone. OR-ed with the name and IP
+            # "contains" it would scan the whole table for one row.
+            return by_uuid, False
+        return queryset.filter(
+            Q(uuid__startswith=prefix) | Q(name__icontains=term) | Q(ip_address__icontains=term)
+        ), False
 
     # --- Permissions ---------------------------------------------------------------------------
 

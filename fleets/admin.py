@@ -11,6 +11,7 @@ from typing import Any
 
 from django import forms
 from django.contrib import admin, messages
+from django.contrib.admin.views.main import ChangeList
 from django.db.models import Count, Q, QuerySet
 from django.forms import Form
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
@@ -21,6 +22,7 @@ from django.utils.safestring import SafeString
 
 from devices import services
 from devices.admin_forms import clean_poll_interval_value
+from devices.models import Device
 from devices.status import Status
 from fleets.models import Fleet, Membership, Organization
 
@@ -47,6 +49,42 @@ class ServiceSavingAdmin(admin.ModelAdmin):
             return HttpResponseRedirect(request.get_full_path())
 
 
+class PageCountsChangeList(ChangeList):
+    """Attaches device counts to the rows of the shown page only, with one aggregate query.
+
+    Annotating the changelist queryset instead would put a join and GROUP BY over every device of
+    the installation into the pagination COUNT as well, and aggregate all rows before LIMIT; this
+    reads just the devices of the listed rows, through the (organization|fleet, ...) indexes.
+    """
+
+    def get_results(self, request: HttpRequest) -> None:
+        super().get_results(request)
+        rows = list(self.result_list)
+        self.model_admin.attach_device_counts(rows)
+        self.result_list = rows
+
+
+class DeviceCountsAdmin(ServiceSavingAdmin):
+    def get_changelist(self, request: HttpRequest, **kwargs: Any) -> type[ChangeList]:
+        return PageCountsChangeList
+
+    def attach_device_counts(self, rows: list[Any]) -> None:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def count(self, obj: Any, name: str) -> int:
+        # The change page shows the counts too; its object did not come through the changelist.
+        if not hasattr(obj, name):
+            self.attach_device_counts([obj])
+        return getattr(obj, name)
+
+    @staticmethod
+    def set_counts(rows: list[Any], by_pk: dict[int, dict[str, int]], names: tuple[str, ...]) -> None:
+        for row in rows:
+            counts = by_pk.get(row.pk, {})
+            for name in names:
+                setattr(row, name, counts.get(name, 0))
+
+
 # --- Organizations -----------------------------------------------------------------------------
 
 
@@ -58,7 +96,7 @@ class MembershipInline(admin.TabularInline):
 
 
 @admin.register(Organization)
-class OrganizationAdmin(ServiceSavingAdmin):
+class OrganizationAdmin(DeviceCountsAdmin):
     list_display = ("name", "slug", "tier", "usage", "frozen_devices")
     list_filter = ("tier",)
     search_fields = ("name", "slug")
@@ -67,26 +105,28 @@ class OrganizationAdmin(ServiceSavingAdmin):
     readonly_fields = ("usage", "frozen_devices")
     inlines = (MembershipInline,)
 
-    def get_queryset(self, request: HttpRequest) -> QuerySet[Organization]:
-        # Both counts over one join to devices, grouped per organization: one query for the page.
-        return (
-            super()
-            .get_queryset(request)
+    def attach_device_counts(self, rows: list[Organization]) -> None:
+        names = ("active_device_count", "frozen_device_count")
+        by_pk = {
+            row.pop("organization_id"): row
+            for row in Device.objects.filter(organization_id__in=[o.pk for o in rows if o.pk])
+            .order_by()
+            .values("organization_id")
             .annotate(
-                active_device_count=Count("devices", filter=Q(devices__is_active=True)),
-                frozen_device_count=Count("devices", filter=Q(devices__is_frozen=True)),
+                active_device_count=Count("pk", filter=Q(is_active=True)),
+                frozen_device_count=Count("pk", filter=Q(is_frozen=True)),
             )
-        )
+        }
+        self.set_counts(rows, by_pk, names)
 
-    @admin.display(description="Active devices / allowance", ordering="active_device_count")
+    @admin.display(description="Active devices / allowance")
     def usage(self, obj: Organization) -> str:
-        active = getattr(obj, "active_device_count", 0)
         allowance = "unlimited" if obj.device_allowance is None else obj.device_allowance
-        return f"{active} / {allowance}"
+        return f"{self.count(obj, 'active_device_count')} / {allowance}"
 
-    @admin.display(description="Frozen devices", ordering="frozen_device_count")
+    @admin.display(description="Frozen devices")
     def frozen_devices(self, obj: Organization) -> int:
-        return getattr(obj, "frozen_device_count", 0)
+        return self.count(obj, "frozen_device_count")
 
     def save_model(self, request: HttpRequest, obj: Organization, form: Form, change: bool) -> None:
         if not change:
@@ -121,7 +161,7 @@ class FleetAdminForm(forms.ModelForm):
 
 
 @admin.register(Fleet)
-class FleetAdmin(ServiceSavingAdmin):
+class FleetAdmin(DeviceCountsAdmin):
     form = FleetAdminForm
     list_display = (
         "name",
@@ -148,23 +188,30 @@ class FleetAdmin(ServiceSavingAdmin):
         # never changes organization.
         return (*self.readonly_fields, "organization") if obj else ()
 
-    def get_queryset(self, request: HttpRequest) -> QuerySet[Fleet]:
-        # One GROUP BY for the whole page: a filtered count per status, plus the total.
-        counts = {status_count_name(s): Count("devices", filter=Q(devices__overall_status=s.value)) for s in Status}
-        return super().get_queryset(request).annotate(device_total=Count("devices"), **counts)
+    def attach_device_counts(self, rows: list[Fleet]) -> None:
+        # One GROUP BY for the page's fleets: a filtered count per status, plus the total.
+        per_status = {status_count_name(s): Count("pk", filter=Q(overall_status=s.value)) for s in Status}
+        by_pk = {
+            row.pop("fleet_id"): row
+            for row in Device.objects.filter(fleet_id__in=[f.pk for f in rows if f.pk])
+            .order_by()
+            .values("fleet_id")
+            .annotate(device_total=Count("pk"), **per_status)
+        }
+        self.set_counts(rows, by_pk, ("device_total", *per_status))
 
     @admin.display(description="Polling interval")
     def interval(self, obj: Fleet) -> str:
         return f"{obj.poll_interval} s" if obj.poll_interval else "default"
 
-    @admin.display(description="Devices", ordering="device_total")
+    @admin.display(description="Devices")
     def device_count(self, obj: Fleet) -> int:
-        return getattr(obj, "device_total", 0)
+        return self.count(obj, "device_total")
 
     @admin.display(description="By status")
     def status_counts(self, obj: Fleet) -> SafeString | str:
         changelist = reverse("admin:devices_device_changelist")
-        counts = [(s, getattr(obj, status_count_name(s), 0)) for s in Status]
+        counts = [(s, self.count(obj, status_count_name(s))) for s in Status]
         shown = [(s, n) for s, n in counts if n]
         if not shown:
             return "–"

@@ -220,12 +220,30 @@ def test_search_by_uuid_prefix(staff_client, zoo):
     assert "offline" not in rows(response)
 
 
+def test_a_pasted_short_uuid_finds_just_that_device(staff_client, make_device):
+    target = make_device(name="target")
+    # A name that happens to contain the same characters does not drown the UUID match.
+    make_device(name=f"label-{target.uuid[:7]}")
+    response = staff_client.get(reverse(CHANGELIST), {"q": target.uuid[:7]})
+    assert rows(response) == {"target"}
+    # Seven hex characters that start no UUID are searched in names and addresses as usual.
+    make_device(name="beef-cafe1234")
+    response = staff_client.get(reverse(CHANGELIST), {"q": "cafe1234"})
+    assert "beef-cafe1234" in rows(response)
+
+
 @pytest.mark.postgres
-def test_uuid_search_is_a_plain_prefix_like_the_index_can_serve(rf, staff_client, make_device):
-    qs, _ = DeviceAdmin(Device, None).get_search_results(rf.get("/"), Device.objects.all(), "ABCDEF12")
+def test_uuid_search_is_a_plain_prefix_like_the_index_can_serve(rf, make_device):
+    device = make_device()
+    admin = DeviceAdmin(Device, None)
+    qs, _ = admin.get_search_results(rf.get("/"), Device.objects.all(), device.uuid[:10].upper())
     sql = str(qs.query)
-    assert '"devices_device"."uuid"::text LIKE abcdef12%' in sql
-    assert 'UPPER("devices_device"."uuid"' not in sql
+    assert f'"devices_device"."uuid"::text LIKE {device.uuid[:10]}%' in sql
+    assert "UPPER(" not in sql  # neither the uuid wrapped in UPPER() nor an OR-ed "contains"
+    assert list(qs) == [device]
+    qs, _ = admin.get_search_results(rf.get("/"), Device.objects.all(), "abc")
+    assert '"devices_device"."uuid"::text LIKE abc%' in str(qs.query)
+    assert 'UPPER("devices_device"."uuid"' not in str(qs.query)
 
 
 # --- Change form: read-only fields, inputs through the services -------------------------------
