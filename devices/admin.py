@@ -207,6 +207,10 @@ class DeviceAdmin(admin.ModelAdmin):
     ordering = ("-pk",)
     actions = ("deactivate", "reactivate", "move_to_fleet")
 
+    class Media:
+        # The badge's own stylesheet: self-contained, so the admin gets the dashboard's look.
+        css = {"all": ("fleetstatus/badge.css",)}
+
     fieldsets = DEVICE_FIELDSETS
     readonly_fields = DEVICE_READONLY_FIELDS
 

@@ -95,6 +95,9 @@ def test_changelist_shows_badge_from_the_shared_partial_and_columns(staff_client
     assert "kiosk-7" in html and d.uuid[:7] in html
     assert "Northwind" in html and "Kiosks" in html
     assert "Preregister a device" in html
+    # The badge's look and the notes its ¹/² markers point to.
+    assert "fleetstatus/badge.css" in html
+    assert 'id="fn-2"' in html
 
 
 def _populate(make_device, make_fleet, org, other_org, count: int) -> None:
