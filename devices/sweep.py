@@ -32,7 +32,7 @@ PRUNE_TASK = "prune-transitions"
 STALE_AFTER_INTERVALS = 3
 
 
-def run_sweep(now: datetime | None = None) -> dict[str, Any]:
+def run_sweep(now: datetime | None = None, *, batch_size: int = BATCH_SIZE) -> dict[str, Any]:
     """One pass of the staleness engine; returns what it did (also kept in TaskRun("sweep").details).
 
     With Redis, nothing is expired on data the sweep cannot read: if Redis is unreachable or lost
@@ -44,7 +44,7 @@ def run_sweep(now: datetime | None = None) -> dict[str, Any]:
     details: dict[str, Any] = {"now": now.isoformat()}
     store = heartbeats.store()
     if store is None:
-        details["expired"] = expire_heartbeats(now)
+        details["expired"] = expire_heartbeats(now, batch_size=batch_size)
     else:
         try:
             token, recovered = store.ensure_trusted(now)
@@ -53,8 +53,10 @@ def run_sweep(now: datetime | None = None) -> dict[str, Any]:
             # Write-back first: a device that fetched since the last run gets its real deadline
             # before the expiry reads the due rows. Fetches landing after this are caught by
             # claim() (it skips devices with an entry in `seen`; the next run writes them back).
-            details["written_back"] = store.write_back()
-            details["expired"] = expire_heartbeats(now, claim=lambda ids: store.claim(ids, token))
+            details["written_back"] = store.write_back(batch_size)
+            details["expired"] = expire_heartbeats(
+                now, batch_size=batch_size, claim=lambda ids: store.claim(ids, token)
+            )
         except (RedisError, heartbeats.StoreReset) as exc:
             logger.warning("sweep skipped the heartbeat store part: %s", exc)
             details["error"] = f"heartbeat store: {exc}"
