@@ -793,6 +793,7 @@ class Simulator:
         self._problems: set[tuple[str, int]] = set()
         self._transport_problems: set[str] = set()
         self._signals: list[int] = []
+        self._slots: asyncio.Semaphore | None = None
 
     # --- plumbing ---
 
@@ -811,9 +812,14 @@ class Simulator:
         self.write(f"simulator: {kind} answered HTTP {response.status_code}: {message or _snippet(response)}")
 
     async def request(self, kind: str, method: str, url: str, *, token: str, json: Any = None) -> httpx.Response | None:
-        assert self.client is not None
+        assert self.client is not None and self._slots is not None
         try:
-            response = await self.client.request(method, url, headers={"Authorization": f"Bearer {token}"}, json=json)
+            # Our own gate in front of httpx's pool: httpcore re-scans its whole queue of waiting
+            # requests on every change, which stalls the event loop with thousands of devices.
+            async with self._slots:
+                response = await self.client.request(
+                    method, url, headers={"Authorization": f"Bearer {token}"}, json=json
+                )
         except httpx.HTTPError as exc:
             self.stats.transport(kind)
             if kind not in self._transport_problems:
@@ -984,8 +990,8 @@ class Simulator:
         limits = httpx.Limits(
             max_connections=self.options.connections, max_keepalive_connections=self.options.connections
         )
-        # pool=None: with thousands of devices and a small pool, requests queue for a connection
-        # instead of failing after the default 5 s pool timeout.
+        # Requests wait for a slot in self._slots (not in httpx's pool), so that wait does not count
+        # against the request timeout; pool=None because the pool itself never has a queue.
         timeout = httpx.Timeout(self.options.request_timeout, pool=None)
         background: list[asyncio.Task] = []
         try:
@@ -993,6 +999,7 @@ class Simulator:
                 base_url=self.options.base_url, limits=limits, timeout=timeout, transport=self.transport
             ) as client:
                 self.client = client
+                self._slots = asyncio.Semaphore(self.options.connections)
                 if not await self.wait_for_server():
                     return self._result()
                 devices = self.load_devices()
