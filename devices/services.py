@@ -7,6 +7,7 @@ devices.status, and when it changes write a StatusTransition in the same transac
 
 from __future__ import annotations
 
+import json
 import re
 from collections import defaultdict
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
@@ -19,10 +20,11 @@ from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, connection, transaction
 from django.db.models import DateTimeField, ExpressionWrapper, F, Q, QuerySet
+from django.db.models.expressions import RawSQL
 from django.utils import timezone
 
 from devices.models import UUID_REGEX, Device, StatusTransition, effective_poll_interval, heartbeat_window
-from devices.status import HeartbeatState, Status, with_computed_status
+from devices.status import SIGNALS, HeartbeatState, Status, annotate_signals, compute_status, with_computed_status
 from fleets.keys import generate_key, hash_key
 from fleets.models import Fleet, Organization, Tier
 
@@ -703,6 +705,48 @@ class TunnelResult:
     reactivated: int = 0
 
 
+def _among(values: Sequence[int] | Sequence[str]) -> RawSQL:
+    """A set of keys as ONE bound parameter, for `field__in=_among(keys)`.
+
+    `pk__in=[...8,000 ids]` binds 8,000 parameters: slow to render and parse (psycopg binds on the
+    client), and beyond SQLite's limit for larger calls. An array (PostgreSQL) or a JSON list
+    (SQLite) is one parameter whatever its length, so a bulk call is one statement.
+    """
+    if connection.vendor == "postgresql":
+        array_type = "bigint[]" if values and isinstance(values[0], int) else "text[]"
+        return RawSQL(f"SELECT unnest(%s::{array_type})", (list(values),))
+    return RawSQL("SELECT value FROM json_each(%s)", (json.dumps(list(values)),))
+
+
+def _insert_transitions(rows: Sequence[tuple[int, str, str]], *, at: datetime, reason: str) -> None:
+    """One INSERT for many (device id, from, to) transitions sharing a time and reason.
+
+    (bulk_create builds a model per row and, on SQLite, splits into statements of 999 parameters:
+    40 INSERTs for 8,000 transitions.)
+    """
+    if not rows:
+        return
+    qn = connection.ops.quote_name
+    table = qn(StatusTransition._meta.db_table)
+    cols = ", ".join(qn(StatusTransition._meta.get_field(f).column) for f in ("device", "from_status", "to_status", "at", "reason"))
+    stamp = connection.ops.adapt_datetimefield_value(at)
+    if connection.vendor == "postgresql":
+        ids, froms, tos = (list(column) for column in zip(*rows, strict=True))
+        sql = (
+            f"INSERT INTO {table} ({cols}) SELECT d, f, t, %s::timestamptz, %s "
+            "FROM unnest(%s::bigint[], %s::text[], %s::text[]) AS x(d, f, t)"
+        )
+        params: list[Any] = [stamp, reason[:200], ids, froms, tos]
+    else:
+        sql = (
+            f"INSERT INTO {table} ({cols}) SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]'), "
+            "json_extract(value, '$[2]'), %s, %s FROM json_each(%s)"
+        )
+        params = [stamp, reason[:200], json.dumps(list(rows))]
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+
+
 def set_tunnel(uuids: Iterable[str], connected: bool, service_id: int, at: datetime | None = None) -> TunnelResult:
     """Cloudlink tunnel up or down for many devices at once (the VPN server's client events).
 
@@ -712,9 +756,11 @@ def set_tunnel(uuids: Iterable[str], connected: bool, service_id: int, at: datet
     same service still holds the device: after a device hops to another VPN instance, the old
     instance's late disconnect must not take the new tunnel down. Unknown UUIDs are ignored.
 
-    One transaction; rows are locked in primary-key batches of BATCH_SIZE (the same order every
-    bulk change uses, so concurrent calls cannot deadlock) and written with a few UPDATEs per batch,
-    never one query per device.
+    A VPN server sends thousands of UUIDs in one call when it restarts, so the cost is a constant
+    number of statements whatever the count, in one transaction: one SELECT that locks the rows in
+    id order (the order every bulk change uses, so concurrent calls cannot deadlock) and reads
+    plain values rather than models; one UPDATE per resulting (status, reactivated) group, like
+    bulk_update_devices; one INSERT of all transitions; then the allowance per organization.
     """
     at = at or timezone.now()
     wanted = sorted(set(uuids))
@@ -733,26 +779,41 @@ def set_tunnel(uuids: Iterable[str], connected: bool, service_id: int, at: datet
         reason = f"cloudlink tunnel connected (VPN service {service_id})"
     else:
         reason = f"cloudlink tunnel disconnected (VPN service {service_id})"
-    candidates = Device.objects.filter(uuid__in=wanted)
-    if not connected:
-        candidates = candidates.filter(vpn_service_id=service_id)
+    # PostgreSQL re-checks this condition on a row that another transaction changed while we
+    # waited for its lock, so a connect through another service that lands first is respected.
+    held = {} if connected else {"vpn_service_id": service_id}
     reactivated_orgs: set[int] = set()
+    groups: dict[tuple[bool, str], list[int]] = defaultdict(list)
+    transitions: list[tuple[int, str, str]] = []
     with transaction.atomic():
-        ids = list(candidates.order_by("pk").values_list("pk", flat=True))
-        for chunk in _chunks(ids):
-            rows = list(_locked(Device.objects.filter(pk__in=chunk)))
-            if not connected:
-                # Re-checked under the lock: a connect through another service may have landed meanwhile.
-                rows = [d for d in rows if d.vpn_service_id == service_id]
-            active = [d for d in rows if d.is_active]
-            inactive = [d for d in rows if not d.is_active] if connected else []
-            result.transitions += _apply_locked(active if connected else rows, changes, reason, at)
-            if inactive:
-                reactivate = {**changes, "is_active": True, "activated_at": at}
-                result.transitions += _apply_locked(inactive, reactivate, reason, at)
-                reactivated_orgs.update(d.organization_id for d in inactive)
-                result.reactivated += len(inactive)
-            result.matched += len(rows)
+        rows = (
+            annotate_signals(Device.objects.filter(uuid__in=_among(wanted), **held))
+            .select_for_update(of=("self",))
+            .order_by("pk")
+            .values("pk", "overall_status", "organization_id", *SIGNALS)
+        )
+        for row in rows:
+            reactivating = connected and not row["is_active"]
+            signals = {**row, **changes, "is_active": True} if reactivating else {**row, **changes}
+            new_status = compute_status(signals).value
+            if new_status != row["overall_status"]:
+                transitions.append((row["pk"], row["overall_status"], new_status))
+            else:
+                new_status = ""
+            groups[(reactivating, new_status)].append(row["pk"])
+            if reactivating:
+                reactivated_orgs.add(row["organization_id"])
+                result.reactivated += 1
+            result.matched += 1
+        for (reactivating, new_status), pks in groups.items():
+            fields = dict(changes)
+            if reactivating:
+                fields.update(is_active=True, activated_at=at)
+            if new_status:
+                fields.update(overall_status=new_status, status_changed_at=at)
+            Device.objects.filter(pk__in=_among(pks)).update(**fields)
+        _insert_transitions(transitions, at=at, reason=reason)
+        result.transitions = len(transitions)
         for org_id in sorted(reactivated_orgs):
             result.transitions += reconcile_frozen(org_id, reason=f"{reason}: reactivated", at=at)
     return result
