@@ -811,6 +811,10 @@ class Simulator:
         self._problems.add(key)
         self.write(f"simulator: {kind} answered HTTP {response.status_code}: {message or _snippet(response)}")
 
+    def attach(self, client: httpx.AsyncClient) -> None:
+        self.client = client
+        self._slots = asyncio.Semaphore(self.options.connections)
+
     async def request(self, kind: str, method: str, url: str, *, token: str, json: Any = None) -> httpx.Response | None:
         assert self.client is not None and self._slots is not None
         try:
@@ -998,8 +1002,7 @@ class Simulator:
             async with httpx.AsyncClient(
                 base_url=self.options.base_url, limits=limits, timeout=timeout, transport=self.transport
             ) as client:
-                self.client = client
-                self._slots = asyncio.Semaphore(self.options.connections)
+                self.attach(client)
                 if not await self.wait_for_server():
                     return self._result()
                 devices = self.load_devices()

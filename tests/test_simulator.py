@@ -502,7 +502,7 @@ def test_tunnel_server_sends_only_net_changes_and_retries_failures():
 
         simulator = sim.Simulator(options(), lambda line: None)
         async with httpx.AsyncClient(base_url="http://t", transport=httpx.MockTransport(flaky)) as client:
-            simulator.client = client
+            simulator.attach(client)
             tunnel = simulator.tunnel
             tunnel.set("a" * 32, True)
             tunnel.set("b" * 32, True)
