@@ -458,6 +458,20 @@ def test_unknown_device_registers_again_with_the_same_identity(tmp_path):
     assert server.count("POST", "/device/register") == 1 and server.fetches[uuid] >= 3
 
 
+def test_uuid_taken_by_another_key_moves_the_device_to_a_new_uuid(tmp_path):
+    stale = sim.SimDevice.new()
+    stale.registered = True
+    sim.save_state(tmp_path / "state.json", "acme/robots", [stale])
+    server = FakeServer()
+    server.keys[stale.uuid] = "somebody-elses-key-0000"  # our key no longer matches: fetch gets 401
+    result, _ = run_fake(server, options(tmp_path, scenario="healthy", count=1, duration=0.3))
+    assert result.ok and result.registered == 1
+    (saved,) = json.loads((tmp_path / "state.json").read_text())["devices"]
+    assert saved["uuid"] != stale.uuid and saved["registered"]
+    assert server.keys[saved["uuid"]] == saved["api_key"] and server.fetches[saved["uuid"]] >= 3
+    assert server.keys[stale.uuid] == "somebody-elses-key-0000"
+
+
 def test_rejected_provisioning_key_stops_with_a_clear_error():
     server = FakeServer()
     result, lines = run_fake(server, options(provisioning_key="wrong", duration=30))
