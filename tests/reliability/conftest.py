@@ -112,3 +112,12 @@ def make_stack(request: pytest.FixtureRequest, pg_cluster: PostgresServer, redis
         if not pg_cluster.running:
             pg_cluster.start()
         pg_cluster.drop_database(dbname)
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:
+    from tests.reliability import figures
+
+    if figures.FIGURES:
+        terminalreporter.section("reliability figures")
+        for line in figures.lines():
+            terminalreporter.write_line(line)
