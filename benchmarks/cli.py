@@ -1,0 +1,145 @@
+"""`python -m benchmarks`: migrate, seed, run P1-P7 of issue 8, print one table.
+
+python3 dev.py bench                   # everything (about 12 minutes on 2 cores)
+python3 dev.py bench --only P1,P4      # some figures
+python3 dev.py bench --skip-seed       # reuse the data of the last seed
+python3 dev.py bench --quick           # 100,000 devices: a smoke run, not the figures of issue 8
+python3 dev.py bench --json out.json   # also write the results as JSON
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+
+DEFAULT_DATABASE_URL = "postgres://postgres@127.0.0.1:5432/fleetstatus_bench"
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/6"
+ALL = ["P1", "P2", "P3", "P4", "P5", "P6", "P7"]
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def log(message: str) -> None:
+    print(message, flush=True)
+
+
+def configure_environment() -> None:
+    """Settings of a production process (DEBUG off) pointed at the bench database and Redis DB."""
+    for name, default in (("DATABASE_URL", DEFAULT_DATABASE_URL), ("REDIS_URL", DEFAULT_REDIS_URL)):
+        if os.environ.get(name):
+            log(f"{name}={os.environ[name]}")
+        else:
+            os.environ[name] = default
+            log(f"{name} not set: using the bench default {default}")
+    if os.environ.get("DEBUG", "0").lower() not in ("", "0", "false", "no", "off"):
+        log("DEBUG is on in the environment: the benchmarks turn it off (they measure the production setup)")
+    os.environ["DEBUG"] = "0"
+    os.environ.setdefault("SECRET_KEY", "fleetstatus-bench-only-not-secret-" + "x" * 20)
+    # Plain HTTP on loopback; the in-process test client talks as host "testserver".
+    os.environ["FLEETSTATUS_HTTPS"] = "0"
+    os.environ["ALLOWED_HOSTS"] = "127.0.0.1,localhost,testserver"
+    os.environ.setdefault("LOG_LEVEL", "WARNING")
+    os.environ["DJANGO_SETTINGS_MODULE"] = "fleetstatus.settings"
+    if str(ROOT) not in sys.path:
+        sys.path.insert(0, str(ROOT))
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="python3 dev.py bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--only", help="comma-separated figures to run, e.g. P1,P4 (default: all)")
+    p.add_argument(
+        "--skip-seed", action="store_true", help="reuse the seeded data (fails when there is none for this size)"
+    )
+    p.add_argument(
+        "--quick", action="store_true", help="100,000 devices and short runs: checks the harness, not the targets"
+    )
+    p.add_argument("--json", metavar="OUT", help="also write the results to this JSON file")
+    p.add_argument(
+        "--profile", action="store_true", help="profile (pyinstrument) every in-process figure that misses its target"
+    )
+    p.add_argument(
+        "--load-seconds", type=int, default=None, help="length of each P4/P5 load run (default 60; 10 with --quick)"
+    )
+    args = p.parse_args(argv)
+    only = [x.strip().upper() for x in args.only.split(",")] if args.only else ALL
+    unknown = [x for x in only if x not in ALL]
+    if unknown:
+        p.error(f"unknown figure(s) {', '.join(unknown)}; choose from {', '.join(ALL)}")
+    args.figures = only
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    configure_environment()
+    import django
+
+    django.setup()
+    from django.core.management import call_command
+
+    from benchmarks import report, runners, seed
+    from benchmarks.context import Context
+
+    started = time.perf_counter()
+    plan = seed.QUICK if args.quick else seed.FULL
+    m = report.machine()
+    log(f"\nfleetstatus benchmarks ({plan.name}: {plan.total_devices:,} devices); load average {m['load_average']}")
+    log("migrating")
+    call_command("migrate", verbosity=0, interactive=False)
+    # As a production deployment does: whitenoise serves from STATIC_ROOT (and warns without it).
+    call_command("collectstatic", verbosity=0, interactive=False)
+    if args.skip_seed:
+        if not seed.is_seeded(plan):
+            log(f"--skip-seed: no {plan.name!r} data in this database; run without --skip-seed first")
+            return 2
+        log(f"--skip-seed: reusing the data seeded at {seed.get_meta('seed')['seeded_at']}")
+    else:
+        seed.seed_and_record(plan, log=log)
+    ctx = Context.load(plan=plan, args=args, log=log)
+
+    rows: list[report.Row] = []
+    benchmarks: dict[str, Callable] = runners.ALL
+    for figure in args.figures:
+        log(f"\n== {figure}")
+        t0 = time.perf_counter()
+        try:
+            rows.extend(benchmarks[figure](ctx))
+        except report.NotAvailable as exc:
+            rows.append(
+                report.Row(figure, runners.TITLES[figure], runners.TARGETS[figure], f"not available yet: {exc}", None)
+            )
+        except Exception as exc:  # noqa: BLE001 - one broken figure must not hide the others
+            traceback.print_exc()
+            rows.append(
+                report.Row(
+                    figure,
+                    runners.TITLES[figure],
+                    runners.TARGETS[figure],
+                    f"error: {exc.__class__.__name__}: {exc}",
+                    False,
+                )
+            )
+        log(f"   ({time.perf_counter() - t0:.0f} s)")
+    ctx.close()
+
+    m["load_average_end"] = report.load_average()
+    elapsed = time.perf_counter() - started
+    log(f"\nResults ({plan.name} data, {elapsed / 60:.1f} min in all)\n")
+    log(report.table(rows))
+    log("")
+    log(report.machine_text(m))
+    if plan is seed.QUICK:
+        log("--quick: 100,000 devices and short load runs; these figures check the harness, not the targets of issue 8")
+    if args.json:
+        Path(args.json).write_text(
+            json.dumps(report.as_json(rows, m, {"plan": plan.name, "seconds": round(elapsed)}), indent=2, default=str)
+        )
+        log(f"wrote {args.json}")
+    return 0 if all(r.ok is not False for r in rows) else 1

@@ -1,0 +1,442 @@
+"""P4/P5: HTTP load from a second process (wrk + Lua) against the production server setup.
+
+Server: gunicorn with the settings of a production process (DEBUG off, a SECRET_KEY, plain HTTP on
+loopback, ALLOWED_HOSTS=127.0.0.1, persistent PostgreSQL connections via CONN_MAX_AGE), no access
+log, and no Celery beat running, so every database write counted during a run comes from the
+requests. See WORKERS below for the worker choice.
+
+Database writes: pg_stat_database (tup_inserted + tup_updated + tup_deleted) of the bench database,
+sampled before and after each run once the counters have settled (PostgreSQL flushes a backend's
+counters at most once a second, when it goes idle), divided by the requests wrk completed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from django.db import connection
+
+from benchmarks import warm
+from benchmarks.context import RESULTS_DIR, Context
+from benchmarks.pages import require_route
+from benchmarks.report import NotAvailable, Row, median
+from benchmarks.seed import device_key
+from devices.models import Device
+from devices.status import HeartbeatState
+
+ROOT = Path(__file__).resolve().parent.parent
+LUA_DIR = Path(__file__).resolve().parent / "wrk"
+
+
+def _free_port() -> int:
+    # Other processes on this machine use fixed ports (8000, test servers): let the kernel choose.
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+PORT = int(os.environ.get("FLEETSTATUS_BENCH_PORT") or _free_port())
+# Two cores, shared by gunicorn, wrk, PostgreSQL and Redis. A request is mostly CPU in Python
+# (auth hash, one indexed read, a Redis round trip, JSON), so more processes than cores only adds
+# switching; one extra worker covers the time a worker waits on PostgreSQL or Redis. Sync workers
+# (one request at a time, no thread pool) are the cheapest per request for such short requests:
+# measured on this machine, 3 sync workers beat 2 workers x 4 threads (gthread) and 2 or 4 sync workers.
+WORKERS = int(os.environ.get("FLEETSTATUS_BENCH_WORKERS", "3"))
+WORKER_CLASS = os.environ.get("FLEETSTATUS_BENCH_WORKER_CLASS", "sync")
+THREADS = int(os.environ.get("FLEETSTATUS_BENCH_THREADS", "1"))
+# wrk: one thread (the box has two cores and the server needs them); connections enough to keep
+# every worker busy with a request queued behind it.
+CONNECTIONS = int(os.environ.get("FLEETSTATUS_BENCH_CONNECTIONS", "12"))
+
+
+# --- The server --------------------------------------------------------------------------------
+
+
+class Server:
+    def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
+        self.proc: subprocess.Popen | None = None
+        self.log_path = RESULTS_DIR / "gunicorn.log"
+
+    @property
+    def description(self) -> str:
+        threads = f" x {THREADS} threads" if WORKER_CLASS == "gthread" else ""
+        return f"gunicorn {WORKERS} {WORKER_CLASS} workers{threads}"
+
+    def start(self) -> None:
+        gunicorn = Path(sys.executable).with_name("gunicorn")
+        if not gunicorn.exists():
+            raise NotAvailable("gunicorn is not installed in the virtualenv")
+        if _port_open(PORT):
+            raise AssertionError(f"port {PORT} is already in use (set FLEETSTATUS_BENCH_PORT)")
+        env = {
+            **os.environ,
+            "DEBUG": "0",
+            "FLEETSTATUS_HTTPS": "0",
+            "ALLOWED_HOSTS": "127.0.0.1",
+            "DATABASE_URL": os.environ["DATABASE_URL"],
+            "REDIS_URL": os.environ["REDIS_URL"],
+            "LOG_LEVEL": "WARNING",
+            "DJANGO_SETTINGS_MODULE": "fleetstatus.settings",
+        }
+        cmd = [
+            str(gunicorn),
+            "fleetstatus.wsgi",
+            "--bind",
+            f"127.0.0.1:{PORT}",
+            "--workers",
+            str(WORKERS),
+            "--worker-class",
+            WORKER_CLASS,
+            "--threads",
+            str(THREADS),
+            "--backlog",
+            "2048",
+            "--log-level",
+            "warning",
+        ]
+        log = self.log_path.open("ab")
+        self.proc = subprocess.Popen(
+            cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        self.ctx.cleanups.append(self.stop)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"gunicorn exited with {self.proc.returncode}; see {self.log_path}")
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{PORT}/healthz", timeout=2) as r:
+                    if r.status == 200:
+                        return
+            except (urllib.error.URLError, ConnectionError, TimeoutError):
+                pass
+            time.sleep(0.3)
+        raise AssertionError(f"gunicorn did not answer /healthz within 60 s; see {self.log_path}")
+
+    def worker_pids(self) -> list[int]:
+        if not self.proc:
+            return []
+        out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(self.proc.pid)], capture_output=True, text=True)
+        return [int(p) for p in out.stdout.split()]
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+
+
+def _port_open(port: int) -> bool:
+    with socket.socket() as s:
+        s.settimeout(0.5)
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+# --- Database write counters ---------------------------------------------------------------------
+
+
+def _stat_conninfo() -> str:
+    d = connection.settings_dict
+    return psycopg.conninfo.make_conninfo(
+        dbname=d["NAME"],
+        user=d.get("USER") or None,
+        password=d.get("PASSWORD") or None,
+        host=d.get("HOST") or None,
+        port=d.get("PORT") or None,
+    )
+
+
+def db_counters() -> dict[str, int]:
+    with psycopg.connect(_stat_conninfo(), autocommit=True) as conn:
+        row = conn.execute(
+            "SELECT tup_inserted, tup_updated, tup_deleted, xact_commit FROM pg_stat_database WHERE datname = current_database()"
+        ).fetchone()
+    return {"inserted": row[0], "updated": row[1], "deleted": row[2], "commits": row[3]}
+
+
+def settled_counters(timeout: float = 15.0) -> dict[str, int]:
+    """Counters once two samples a second and a half apart agree (every backend has flushed)."""
+    deadline = time.monotonic() + timeout
+    previous = db_counters()
+    while time.monotonic() < deadline:
+        time.sleep(1.5)
+        current = db_counters()
+        if current == previous:
+            return current
+        previous = current
+    return previous
+
+
+def writes(before: dict[str, int], after: dict[str, int]) -> int:
+    return sum(after[k] - before[k] for k in ("inserted", "updated", "deleted"))
+
+
+# --- wrk -----------------------------------------------------------------------------------------
+
+
+def wrk_binary() -> str:
+    path = shutil.which("wrk")
+    if not path:
+        raise NotAvailable("wrk is not installed (apt-get install -y wrk)")
+    return path
+
+
+def run_wrk(script: str, devices_file: Path, seconds: int, connections: int = CONNECTIONS) -> dict[str, Any]:
+    cmd = [
+        wrk_binary(),
+        "-t1",
+        f"-c{connections}",
+        f"-d{seconds}s",
+        "--timeout",
+        "10s",
+        "-s",
+        str(LUA_DIR / script),
+        f"http://127.0.0.1:{PORT}",
+    ]
+    env = {**os.environ, "FLEETSTATUS_BENCH_DEVICES": str(devices_file), "FLEETSTATUS_BENCH_LUA": str(LUA_DIR)}
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=seconds + 120)
+    for line in out.stdout.splitlines():
+        if line.startswith("WRK_JSON "):
+            result = json.loads(line.removeprefix("WRK_JSON "))
+            result["rps"] = result["requests"] / (result["duration_us"] / 1e6)
+            result["errors"] = sum(result[k] for k in ("connect", "read", "write", "status", "timeout"))
+            return result
+    raise AssertionError(f"wrk printed no summary (exit {out.returncode}): {out.stdout[-500:]} {out.stderr[-500:]}")
+
+
+# --- The devices the load picks from ------------------------------------------------------------
+
+
+def polling_devices_file(ctx: Context) -> tuple[Path, int]:
+    """Every device that polls in steady state: heartbeat online (frozen ones too: they get 304)."""
+    path = RESULTS_DIR / f"devices-{ctx.plan.name}.txt"
+    stamp = ctx.meta.get("seeded_at", "")
+    stamp_path = path.with_suffix(".seeded_at")
+    if path.exists() and stamp_path.exists() and stamp_path.read_text() == stamp:
+        return path, sum(1 for _ in path.open())
+    rows = Device.objects.filter(is_active=True).filter(
+        api_heartbeat_state=HeartbeatState.ONLINE
+    ) | Device.objects.filter(is_frozen=True, is_active=True)
+    n = 0
+    with path.open("w") as f:
+        for (uuid,) in rows.order_by().values_list("uuid").iterator(chunk_size=20_000):
+            f.write(f"{uuid} {device_key(uuid)}\n")
+            n += 1
+    stamp_path.write_text(stamp)
+    return path, n
+
+
+# --- The figures ---------------------------------------------------------------------------------
+
+
+def _sample_fetch(devices_file: Path) -> None:
+    """One real fetch through the server, so a broken endpoint fails loudly before a 60 s run."""
+    uuid, key = devices_file.open().readline().split()
+    req = urllib.request.Request(
+        f"http://127.0.0.1:{PORT}/device/v3/{uuid}/state", headers={"Authorization": f"Bearer {key}"}
+    )
+    try:
+        with urllib.request.urlopen(req, timeout=10) as r:
+            if r.status not in (200, 304):
+                raise AssertionError(f"sample fetch answered {r.status}")
+    except urllib.error.HTTPError as exc:
+        if exc.code != 304:
+            raise AssertionError(f"sample fetch answered {exc.code}: {exc.read()[:300]!r}") from exc
+
+
+def _load_figure(ctx: Context, script: str, label: str, warm_store: bool) -> tuple[list[dict[str, Any]], Server]:
+    devices_file, n = polling_devices_file(ctx)
+    ctx.log(f"   {n:,} polling devices in {devices_file.name}")
+    server = Server(ctx)
+    server.start()
+    ctx.log(
+        f"   {server.description} on 127.0.0.1:{PORT}; wrk 1 thread, {CONNECTIONS} connections, {ctx.load_seconds} s per run"
+    )
+    _sample_fetch(devices_file)
+    results = []
+    try:
+        for i in range(ctx.load_runs):
+            if warm_store:
+                warm.warm_heartbeats(log=ctx.log if i == 0 else (lambda m: None))
+            # A short run first: every worker connected to PostgreSQL and Redis, code paths warm.
+            run_wrk(script, devices_file, 3)
+            before = settled_counters()
+            result = run_wrk(script, devices_file, ctx.load_seconds)
+            after = settled_counters()
+            result["db_writes"] = writes(before, after)
+            result["db_commits"] = after["commits"] - before["commits"]
+            result["writes_per_request"] = result["db_writes"] / max(result["requests"], 1)
+            result["commits_per_request"] = result["db_commits"] / max(result["requests"], 1)
+            results.append(result)
+            ctx.log(
+                f"   {label} run {i + 1}: {result['rps']:,.0f} req/s, p50 {result['p50'] / 1000:.1f} ms, "
+                f"p99 {result['p99'] / 1000:.1f} ms, errors {result['errors']}, "
+                f"DB writes {result['db_writes']:,} ({result['writes_per_request']:.3f}/request), "
+                f"DB transactions {result['commits_per_request']:.2f}/request"
+            )
+    except BaseException:
+        server.stop()
+        raise
+    return results, server
+
+
+def _summary(results: list[dict[str, Any]]) -> dict[str, float]:
+    return {
+        "rps": median([r["rps"] for r in results]),
+        "p99_ms": median([r["p99"] / 1000 for r in results]),
+        "p50_ms": median([r["p50"] / 1000 for r in results]),
+        "errors": sum(r["errors"] for r in results),
+        "writes_per_request": median([r["writes_per_request"] for r in results]),
+        "db_writes": sum(r["db_writes"] for r in results),
+        "commits_per_request": median([r["commits_per_request"] for r in results]),
+    }
+
+
+def p4(ctx: Context) -> list[Row]:
+    require_route("/device/v3/" + "0" * 32 + "/state", "GET /device/v3/<uuid>/state")
+    warm.store()
+    results, server = _load_figure(ctx, "state_get.lua", "P4", warm_store=True)
+    try:
+        if ctx.args.profile:
+            s = _summary(results)
+            if s["rps"] < 1700 or s["p99_ms"] > 50:
+                profile_server(ctx, server, "state_get.lua", "p4")
+    finally:
+        server.stop()
+    s = _summary(results)
+    ok = s["rps"] >= 1700 and s["p99_ms"] <= 50 and s["errors"] == 0 and s["db_writes"] == 0
+    measured = (
+        f"{s['rps']:,.0f} req/s, p99 {s['p99_ms']:.1f} ms, {s['errors']} errors, "
+        f"{s['db_writes']} DB writes ({s['writes_per_request']:.3f}/req)"
+    )
+    return [
+        Row(
+            "P4",
+            f"Heartbeats, {ctx.load_seconds} s x {len(results)} ({server.description})",
+            ">= 1,700 req/s, p99 <= 50 ms, 0 errors, 0 DB writes",
+            measured,
+            ok,
+            {"runs": results, "summary": s, "server": server.description, "connections": CONNECTIONS},
+        )
+    ]
+
+
+def p5(ctx: Context) -> list[Row]:
+    require_route("/device/v3/state", "PATCH /device/v3/state")
+    results, server = _load_figure(ctx, "state_patch.lua", "P5", warm_store=False)
+    try:
+        if ctx.args.profile:
+            s = _summary(results)
+            if s["rps"] < 500 or s["p99_ms"] > 100:
+                profile_server(ctx, server, "state_patch.lua", "p5")
+    finally:
+        server.stop()
+    s = _summary(results)
+    ok = s["rps"] >= 500 and s["p99_ms"] <= 100 and s["errors"] == 0
+    measured = f"{s['rps']:,.0f} req/s, p99 {s['p99_ms']:.1f} ms, {s['errors']} errors; {s['writes_per_request']:.2f} DB writes/req"
+    return [
+        Row(
+            "P5",
+            f"State reports, {ctx.load_seconds} s x {len(results)} ({server.description})",
+            ">= 500 req/s, p99 <= 100 ms, 0 errors",
+            measured,
+            ok,
+            {"runs": results, "summary": s, "server": server.description, "connections": CONNECTIONS},
+        )
+    ]
+
+
+# --- Profiling under load ------------------------------------------------------------------------
+
+
+def profile_server(ctx: Context, server: Server, script: str, name: str, seconds: int = 20) -> None:
+    """py-spy on every gunicorn worker during a wrk run; prints the hottest functions (inclusive)."""
+    py_spy = Path(sys.executable).with_name("py-spy")
+    if not py_spy.exists():
+        ctx.log("   (py-spy is not installed: no profile)")
+        return
+    devices_file, _ = polling_devices_file(ctx)
+    outputs = []
+    procs = []
+    for pid in server.worker_pids():
+        out = RESULTS_DIR / f"profile-{name}-{pid}.txt"
+        outputs.append(out)
+        procs.append(
+            subprocess.Popen(
+                [
+                    str(py_spy),
+                    "record",
+                    "--pid",
+                    str(pid),
+                    "--duration",
+                    str(seconds),
+                    "--rate",
+                    "250",
+                    "--format",
+                    "raw",
+                    "--output",
+                    str(out),
+                    "--nonblocking",
+                ],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+        )
+    run_wrk(script, devices_file, seconds)
+    for p in procs:
+        p.wait(timeout=60)
+    report = summarize_collapsed([p for p in outputs if p.exists()])
+    path = RESULTS_DIR / f"profile-{name}.txt"
+    path.write_text(report)
+    ctx.log(f"   py-spy profile of the workers under load ({path}):")
+    ctx.log("\n".join("   | " + line for line in report.splitlines()[:45]))
+
+
+def summarize_collapsed(paths: list[Path], top: int = 60) -> str:
+    """Inclusive share of samples per function (file:function), from py-spy's collapsed stacks."""
+    inclusive: dict[str, int] = {}
+    own: dict[str, int] = {}
+    total = 0
+    for path in paths:
+        for line in path.read_text().splitlines():
+            stack, _, count = line.rpartition(" ")
+            if not stack or not count.isdigit():
+                continue
+            n = int(count)
+            total += n
+            frames = [_frame_name(f) for f in stack.split(";")]
+            for f in set(frames):
+                inclusive[f] = inclusive.get(f, 0) + n
+            own[frames[-1]] = own.get(frames[-1], 0) + n
+    if not total:
+        return "no samples"
+    lines = [f"{total} samples; inclusive % (self %) per function, hottest first"]
+    for f, n in sorted(inclusive.items(), key=lambda kv: -kv[1])[:top]:
+        lines.append(f"{100 * n / total:5.1f}% ({100 * own.get(f, 0) / total:4.1f}%)  {f}")
+    return "\n".join(lines)
+
+
+def _frame_name(frame: str) -> str:
+    # py-spy raw frames look like "function (path/to/file.py:123)".
+    name, _, where = frame.partition(" (")
+    where = where.rstrip(")").rsplit(":", 1)[0]
+    for marker in ("site-packages/", str(ROOT) + "/"):
+        if marker in where:
+            where = where.split(marker, 1)[1]
+    return f"{where}:{name}"

@@ -1,0 +1,210 @@
+"""P1-P3: server time of the dashboard pages, in process through Django's test Client.
+
+The Client runs the whole middleware stack, the view and the template, against the seeded
+PostgreSQL, as a logged-in member (force_login: a real session row). Each page is warmed up, its
+queries are counted once (CaptureQueriesContext), then timed N times; the median is reported.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from django.contrib.auth import get_user_model
+from django.db import connection
+from django.test import Client
+from django.test.utils import CaptureQueriesContext
+from django.urls import Resolver404, resolve
+
+from benchmarks.context import RESULTS_DIR, Context
+from benchmarks.report import NotAvailable, Row, median, ms
+from devices.models import Device
+from devices.status import Status
+
+WARMUP = 3
+
+
+@dataclass
+class PageTiming:
+    url: str
+    median: float
+    times: list[float]
+    queries: int
+    slowest: list[tuple[float, str]]
+    bytes: int
+
+    def details(self) -> dict[str, Any]:
+        return {
+            "url": self.url,
+            "median_ms": round(self.median * 1000, 2),
+            "runs_ms": [round(t * 1000, 2) for t in self.times],
+            "queries": self.queries,
+            "slowest_queries": [{"ms": round(t * 1000, 2), "sql": sql[:400]} for t, sql in self.slowest],
+            "bytes": self.bytes,
+        }
+
+
+def require_route(path: str, what: str) -> None:
+    try:
+        resolve(path)
+    except Resolver404 as exc:
+        raise NotAvailable(f"{what} ({path}) is not routed") from exc
+
+
+def client_for(username: str) -> Client:
+    user = get_user_model().objects.get(username=username)
+    client = Client()
+    client.force_login(user)
+    return client
+
+
+def time_page(client: Client, url: str, runs: int) -> PageTiming:
+    for _ in range(WARMUP):
+        response = client.get(url)
+        if response.status_code != 200:
+            raise AssertionError(f"GET {url} answered {response.status_code}")
+    with CaptureQueriesContext(connection) as captured:
+        response = client.get(url)
+    # Read now: captured_queries slices connection.queries, which the next request resets.
+    queries = list(captured.captured_queries)
+    slowest = sorted(((float(q["time"]), q["sql"]) for q in queries), reverse=True)[:2]
+    size = len(response.content)
+    times = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        client.get(url)
+        times.append(time.perf_counter() - t0)
+    return PageTiming(url, median(times), times, len(queries), slowest, size)
+
+
+def profile_page(ctx: Context, client: Client, url: str, name: str) -> str:
+    """pyinstrument over a few requests of a page that missed its target; returns the report path."""
+    try:
+        from pyinstrument import Profiler
+    except ImportError:
+        return "(pyinstrument not installed)"
+    profiler = Profiler(interval=0.0005)
+    profiler.start()
+    for _ in range(5):
+        client.get(url)
+    profiler.stop()
+    path = RESULTS_DIR / f"profile-{name}.txt"
+    path.write_text(profiler.output_text(unicode=False, color=False, show_all=False))
+    ctx.log(f"   profile of {url}: {path}")
+    ctx.log("\n".join("   | " + line for line in profiler.output_text(unicode=False, color=False).splitlines()[:40]))
+    return str(path)
+
+
+def _slowest_text(t: PageTiming) -> str:
+    return "; ".join(f"{s * 1000:.0f} ms: {sql[:160]}" for s, sql in t.slowest)
+
+
+def p1(ctx: Context) -> list[Row]:
+    require_route("/devices/", "the Devices page")
+    large, small = client_for("bench-large-member"), client_for("bench-small-member")
+
+    def uuid_prefix(slug: str) -> str:
+        uuid = Device.objects.filter(organization__slug=slug).order_by("id").values_list("uuid", flat=True)[500]
+        return uuid[:6]
+
+    variants = [
+        ("first page", "/devices/", "/devices/"),
+        (
+            "filtered by a status",
+            f"/devices/?status={Status.OFFLINE.value}",
+            f"/devices/?status={Status.OFFLINE.value}",
+        ),
+        ("sorted by last seen", "/devices/?sort=-last_seen", "/devices/?sort=-last_seen"),
+        (
+            "searched by UUID prefix",
+            f"/devices/?q={uuid_prefix('bench-large')}",
+            f"/devices/?q={uuid_prefix('bench-small')}",
+        ),
+    ]
+    big_n = ctx.meta["orgs"]["bench-large"]["devices"]
+    rows = []
+    for label, big_url, small_url in variants:
+        big = time_page(large, big_url, ctx.page_runs)
+        base = time_page(small, small_url, ctx.page_runs)
+        ratio = big.median / base.median if base.median else float("inf")
+        ok = big.median <= 0.050 and ratio <= 1.5 and big.queries == base.queries
+        measured = f"{ms(big.median)}; 1k: {ms(base.median)} ({ratio:.2f}x); queries {big.queries} vs {base.queries}"
+        ctx.log(f"   {label:<24} {measured}   [{big_url}]")
+        if not ok:
+            ctx.log(f"     slowest queries at {big_n:,}: {_slowest_text(big)}")
+            if ctx.args.profile:
+                profile_page(ctx, large, big_url, f"p1-{label.split()[0]}")
+        rows.append(
+            Row(
+                "P1",
+                f"Devices page, {label} ({big_n:,} devices)",
+                "<= 50 ms, <= 1.5x the 1k page, same queries",
+                measured,
+                ok,
+                {"large": big.details(), "small": base.details(), "ratio": round(ratio, 2)},
+            )
+        )
+    return rows
+
+
+def p2(ctx: Context) -> list[Row]:
+    require_route("/fleets/", "the Fleets page")
+    from benchmarks.seed import OPERATOR
+
+    sizes = [(OPERATOR, ctx.plan.total_fleets, ctx.plan.total_devices)]
+    sizes += [
+        (f"{slug}-member", ctx.meta["orgs"][slug]["fleets"], ctx.meta["orgs"][slug]["devices"])
+        for slug in ("bench-large", "bench-small")
+    ]
+    timings = []
+    for username, fleets, devices in sizes:
+        t = time_page(client_for(username), "/fleets/", ctx.page_runs)
+        timings.append((fleets, devices, t))
+        ctx.log(
+            f"   {fleets:>5,} fleets, {devices:>9,} devices: {ms(t.median)}, {t.queries} queries, {t.bytes / 1024:.0f} KiB"
+        )
+    big = timings[0][2]
+    same_queries = len({t.queries for _, _, t in timings}) == 1
+    ok = big.median <= 0.150 and same_queries
+    if not ok:
+        ctx.log(f"     slowest queries: {_slowest_text(big)}")
+        if ctx.args.profile:
+            profile_page(ctx, client_for(OPERATOR), "/fleets/", "p2-fleets")
+    counts = " / ".join(f"{t.queries}" for _, _, t in timings)
+    others = ", ".join(f"{f:,} fleets: {ms(t.median)}" for f, _, t in timings[1:])
+    return [
+        Row(
+            "P2",
+            f"Fleets page, {sizes[0][1]:,} fleets and {sizes[0][2]:,} devices",
+            "<= 150 ms; queries independent of size",
+            f"{ms(big.median)} ({others}); queries {counts}",
+            ok,
+            {f"{f}_fleets_{d}_devices": t.details() for f, d, t in timings},
+        )
+    ]
+
+
+def p3(ctx: Context) -> list[Row]:
+    device = ctx.meta["p3_device"]
+    url = f"/devices/{device['uuid']}/"
+    require_route(url, "the Device Summary page")
+    transitions = Device.objects.get(pk=device["id"]).transitions.count()
+    client = client_for("bench-large-member")
+    t = time_page(client, url, ctx.page_runs)
+    ok = t.median <= 0.030
+    ctx.log(f"   {transitions:,} transitions: {ms(t.median)}, {t.queries} queries, {t.bytes / 1024:.0f} KiB")
+    if not ok:
+        ctx.log(f"     slowest queries: {_slowest_text(t)}")
+        if ctx.args.profile:
+            profile_page(ctx, client, url, "p3-summary")
+    return [
+        Row(
+            "P3",
+            f"Device Summary, {transitions:,} transitions",
+            "<= 30 ms",
+            f"{ms(t.median)}; {t.queries} queries",
+            ok,
+            t.details(),
+        )
+    ]

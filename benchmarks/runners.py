@@ -1,0 +1,37 @@
+"""The figures of issue 8 and the function that measures each (P1-P7)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from benchmarks import load, pages, staleness, tunnel
+from benchmarks.context import Context
+from benchmarks.report import Row
+
+TITLES = {
+    "P1": "Devices page (100,000 devices)",
+    "P2": "Fleets page (1,000 fleets, 1,000,000 devices)",
+    "P3": "Device Summary (10,000 transitions)",
+    "P4": "Heartbeats GET /device/v3/<uuid>/state",
+    "P5": "State reports PATCH /device/v3/state",
+    "P6": "Staleness task (10,000 due)",
+    "P7": "client-connect, 8,000 UUIDs",
+}
+TARGETS = {
+    "P1": "<= 50 ms, <= 1.5x the 1k page, same queries",
+    "P2": "<= 150 ms; queries independent of size",
+    "P3": "<= 30 ms",
+    "P4": ">= 1,700 req/s for 60 s, p99 <= 50 ms, 0 errors, 0 DB writes",
+    "P5": ">= 500 req/s, p99 <= 100 ms, 0 errors",
+    "P6": "<= 2 s; 100k run >= 1/1.5 of it",
+    "P7": "<= 1 s",
+}
+ALL: dict[str, Callable[[Context], list[Row]]] = {
+    "P1": pages.p1,
+    "P2": pages.p2,
+    "P3": pages.p3,
+    "P4": load.p4,
+    "P5": load.p5,
+    "P6": staleness.p6,
+    "P7": tunnel.p7,
+}

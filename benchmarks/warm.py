@@ -1,0 +1,82 @@
+"""The live heartbeat store (devices.heartbeats, Redis) brought to its steady state.
+
+Steady state is what the store holds once every polling device has fetched at least once: each
+device whose heartbeat is online in the database is a member of the online set with a deadline in
+the future (its last fetch within its polling interval, plus the 1.5x tolerance), no fetch is
+waiting for write-back, and the store is trusted. Fetching 880,000 devices once over HTTP would
+take longer than the benchmark itself, so this writes that state directly with the store's own
+keys and encoding, in pipelined batches.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from datetime import datetime, timedelta
+
+from django.utils import timezone
+
+from benchmarks.report import NotAvailable
+from devices.models import Device, effective_poll_interval, heartbeat_window
+from devices.status import HeartbeatState
+
+BATCH = 10_000
+
+
+def store():
+    try:
+        from devices import heartbeats
+    except ImportError as exc:
+        raise NotAvailable("devices.heartbeats (the live heartbeat store) is missing") from exc
+    if not hasattr(heartbeats, "store"):
+        raise NotAvailable("devices.heartbeats has no Redis store yet")
+    hb = heartbeats.store()
+    if hb is None:
+        raise NotAvailable("REDIS_URL is not set")
+    return heartbeats, hb
+
+
+def warm_heartbeats(now: datetime | None = None, *, log=print) -> int:
+    """Reset the store to empty-and-trusted, then add every online device with a fresh deadline."""
+    heartbeats, hb = store()
+    now = now or timezone.now()
+    t0 = time.perf_counter()
+    hb.reset()
+    rng = random.Random(5)
+    pipe = hb.client.pipeline(transaction=False)
+    batch: dict[str, int] = {}
+    n = 0
+    rows = (
+        Device.objects.filter(api_heartbeat_state=HeartbeatState.ONLINE, is_active=True, is_frozen=False)
+        .order_by()
+        .values_list("pk", "poll_interval", "fleet__poll_interval")
+    )
+    windows: dict[int, tuple[float, timedelta]] = {}
+    for pk, own, fleet_interval in rows.iterator(chunk_size=20_000):
+        interval = effective_poll_interval(own, fleet_interval)
+        if interval not in windows:
+            windows[interval] = (float(interval), heartbeat_window(interval))
+        seconds, window = windows[interval]
+        last_fetch = now - timedelta(seconds=rng.random() * seconds)
+        batch[str(pk)] = heartbeats.to_us(last_fetch + window)
+        if len(batch) >= BATCH:
+            pipe.zadd(heartbeats.ONLINE, batch)
+            pipe.execute()
+            n += len(batch)
+            batch = {}
+    if batch:
+        pipe.zadd(heartbeats.ONLINE, batch)
+        pipe.execute()
+        n += len(batch)
+    log(f"   heartbeat store warmed: {n:,} online devices, deadlines in the future ({time.perf_counter() - t0:.1f} s)")
+    return n
+
+
+def flush_store(log=print) -> None:
+    """Forget every live heartbeat (after a seed: the store must not claim devices of older data)."""
+    try:
+        _, hb = store()
+    except NotAvailable:
+        return
+    hb.client.flushdb()
+    log(f"   flushed Redis DB {hb.client.connection_pool.connection_kwargs.get('db', 0)} (the bench's own)")
