@@ -42,8 +42,8 @@ def admin_reason(request: HttpRequest) -> str:
     return f"admin: {request.user.get_username()}"
 
 
-def name_list(names: Sequence[str], limit: int = LISTED_NAMES) -> str:
-    shown = ", ".join(names[:limit])
+def name_list(names: Sequence[str], limit: int = LISTED_NAMES, separator: str = ", ") -> str:
+    shown = separator.join(names[:limit])
     return f"{shown} and {len(names) - limit} more" if len(names) > limit else shown
 
 
@@ -322,6 +322,8 @@ class DeviceAdmin(admin.ModelAdmin):
     def changeform_view(
         self, request: HttpRequest, object_id: str | None = None, form_url: str = "", extra_context: dict | None = None
     ) -> HttpResponse:
+        # "Save and add another" would lead to the preregistration form, not a blank device.
+        extra_context = {**(extra_context or {}), "show_save_and_add_another": False}
         try:
             return super().changeform_view(request, object_id, form_url, extra_context)
         except services.DeviceChangeError as exc:
@@ -379,7 +381,7 @@ class DeviceAdmin(admin.ModelAdmin):
         if result.changed:
             self.message_user(request, f"Deactivated {plural(result.changed, 'device')}.", messages.SUCCESS)
         if result.refused:
-            listed = name_list([f"{name} ({label})" for name, label in result.refused])
+            listed = name_list([f"{name}: {label}" for name, label in result.refused], separator="; ")
             self.message_user(
                 request,
                 f"Skipped {plural(len(result.refused), 'device')} that {'is' if len(result.refused) == 1 else 'are'} not "

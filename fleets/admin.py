@@ -217,7 +217,7 @@ class FleetAdmin(DeviceCountsAdmin):
             return "–"
         return format_html_join(
             " · ",
-            '<a href="{}?fleet__id__exact={}&amp;overall_status__exact={}">{} {}</a>',
+            '<a style="white-space:nowrap" href="{}?fleet__id__exact={}&amp;overall_status__exact={}">{}&nbsp;{}</a>',
             ((changelist, obj.pk, s.value, s.label, n) for s, n in shown),
         )
 

@@ -261,6 +261,7 @@ def test_change_page_shows_signals_read_only_and_never_the_api_key_hash(staff_cl
     assert "api_key_hash" not in html
     assert 'data-status="online-heartbeat-only"' in html
     assert "Recent status changes" in html and "test setup" in html
+    assert "_addanother" not in html  # would lead to the preregistration form
 
 
 def test_posting_read_only_fields_changes_nothing(staff_client, make_device, other_org, other_fleet):
@@ -407,9 +408,7 @@ def test_deactivate_action_deactivates_offline_devices_and_says_which_were_skipp
     response = action(staff_client, "deactivate", [off, busy, already])
     texts = message_texts(response)
     assert "Deactivated 1 device." in texts
-    assert any(
-        "busy (Online (Heartbeat Only))" in t and "only an Offline device can be deactivated" in t for t in texts
-    )
+    assert any("busy: Online (Heartbeat Only)" in t and "only an Offline device can be deactivated" in t for t in texts)
     assert any("Already inactive" in t and "sleeping" in t for t in texts)
     assert Device.objects.get(pk=off.pk).overall_status == Status.INACTIVE
     assert Device.objects.get(pk=busy.pk).is_active is True
@@ -551,3 +550,12 @@ def test_preregister_form_page(staff_client, fleet):
     assert response.status_code == 200
     assert "Inactive" in response.content.decode()
     assert Device.objects.count() == 0
+
+
+def test_deactivate_message_lists_at_most_ten_skipped_devices(staff_client, make_device):
+    busy = [online(make_device, name=f"busy-{i:02d}") for i in range(12)]
+    response = action(staff_client, "deactivate", busy)
+    [warning] = [t for t in message_texts(response) if "Skipped" in t]
+    assert warning.startswith("Skipped 12 devices that are not Offline")
+    assert warning.endswith("and 2 more.")
+    assert Device.objects.filter(is_active=False).count() == 0
