@@ -135,9 +135,20 @@ def device_list(request: HttpRequest) -> HttpResponse:
         .order_by("organization__name", "name", "pk"),
         "multi_org": len(organizations) > 1,
         "export_query": _export_query(request),
+        "devices_url": reverse("devices:list"),
+        "fleet_link": _fleet_link(request),
     }
     status = 404 if query.fleet_not_found else 200
     return render_page(request, "devices/list.html", "devices/_live.html", context, status=status)
+
+
+def _fleet_link(request: HttpRequest) -> str:
+    """The URL prefix of a row's fleet link: this view narrowed to a fleet (the slug is appended)."""
+    params = request.GET.copy()
+    params.pop("fleet", None)
+    params.pop("page", None)
+    rest = params.urlencode()
+    return f"{reverse('devices:list')}?{rest + '&' if rest else ''}fleet="
 
 
 def _export_query(request: HttpRequest) -> str:
