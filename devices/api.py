@@ -104,7 +104,7 @@ def read_json(request: HttpRequest, max_bytes: int) -> Any:
 def register(request: HttpRequest) -> HttpResponse:
     key = bearer_key(request)
     # Indexed lookup by hash, then a constant-time comparison of the hashes.
-    fleet = Fleet.objects.filter(provisioning_key_hash=hash_key(key)).first()
+    fleet = Fleet.objects.filter(provisioning_key_hash=hash_key(key)).order_by("pk").first()
     if fleet is None or not key_matches(key, fleet.provisioning_key_hash):
         return error(401, "The provisioning key is not valid.")
     data = reports.parse_registration(read_json(request, REGISTER_MAX_BYTES))
@@ -165,7 +165,7 @@ def target_state(request: HttpRequest, uuid: str) -> HttpResponse:
 def state_report(request: HttpRequest) -> HttpResponse:
     key = bearer_key(request)
     body = reports.split_state_body(read_json(request, REPORT_MAX_BYTES))
-    named = Device.objects.filter(uuid__in=list(body)).only("pk", "uuid", "api_key_hash")
+    named = Device.objects.filter(uuid__in=list(body)).order_by().only("pk", "uuid", "api_key_hash")
     own = [d for d in named if key_matches(key, d.api_key_hash)]
     if not own:
         return error(401, WRONG_DEVICE_KEY)

@@ -145,6 +145,8 @@ def boolean(value: Any, field: str) -> bool:
 
 def device_uuid(value: Any, field: str) -> str:
     if not isinstance(value, str) or not UUID_RE.match(value):
+        # The field may be the offending key itself (a state report is keyed by UUID): keep it short.
+        field = field if len(field) <= 80 else f"{field[:77]}..."
         raise BadRequest(f"{field} is not a device UUID (32 or 62 lowercase hexadecimal characters).", field)
     return value
 
@@ -195,7 +197,9 @@ def parse_state_report(report: Any) -> dict[str, Any]:
 
     Every key is optional: agents send only what changed since their last report.
     """
-    data = _object(report, "")
+    if not isinstance(report, dict):
+        raise BadRequest('A device\'s report must be a JSON object: {"<uuid>": {"status": ...}}.')
+    data = report
     changes: dict[str, Any] = {}
     for name in REPORT_TEXT_FIELDS:
         if name in data:
