@@ -12,17 +12,33 @@ import os
 import re
 import shutil
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from playwright.sync_api import expect
 
 from tests.e2e import harness
-from tests.e2e.harness import CHROMIUM, CHROMIUM_ARGS, SCREENSHOTS, CeleryProcesses, SimDevice, TunnelServer, wait_until
+from tests.e2e.harness import (
+    CHROMIUM,
+    CHROMIUM_ARGS,
+    SCREENSHOTS,
+    TRACES,
+    CeleryProcesses,
+    SimDevice,
+    TunnelServer,
+    wait_until,
+)
 
 # Playwright's sync API runs an event loop in this thread; the ORM calls the tests make for setup
 # are still plain synchronous calls, so Django's async-safety guard must stand aside.
 os.environ.setdefault("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
+
+# Generous for a shared two-core machine (a page load under load can take seconds); a journey
+# that passes waits only as long as its condition takes, so this costs nothing when all is well.
+ACTION_TIMEOUT_MS = 15_000
+expect.set_options(timeout=ACTION_TIMEOUT_MS)
 
 _shots_taken: list[Path] = []
 
@@ -49,6 +65,8 @@ def pytest_terminal_summary(terminalreporter) -> None:
         terminalreporter.write_sep("-", "browser journeys")
         terminalreporter.write_line(f"screenshots ({len(_shots_taken)}): {SCREENSHOTS}")
         terminalreporter.write_line(f"celery logs: {harness.LOGS}")
+        if TRACES.exists() and any(TRACES.iterdir()):
+            terminalreporter.write_line(f"traces of failed journeys: {TRACES} (playwright show-trace <file>)")
 
 
 def save_screenshot(page, name: str) -> Path:
@@ -150,6 +168,30 @@ class World:
         self.devices.append(device)
         return device
 
+    def register_many(self, n: int, fleet: str = "steady") -> list[SimDevice]:
+        """n devices registering at once, as a batch of freshly flashed devices would."""
+        with ThreadPoolExecutor(max_workers=REGISTER_CONCURRENCY) as pool:
+            return list(pool.map(lambda _: self.register(fleet), range(n)))
+
+    def provision_many(self, n: int, fleet: str = "steady") -> list[SimDevice]:
+        """n devices created through devices.services (setup, like staff preparing a batch).
+
+        Registration over HTTP costs a request and a fresh database connection per device on the
+        live server; for the page-sized journeys that is most of their time on a busy machine.
+        What the devices then *do* (fetch, tunnel) still goes through the HTTP API.
+        """
+        import secrets
+
+        from devices import services
+
+        target = self.fast_fleet if fleet == "fast" else self.steady_fleet
+        made = []
+        for _ in range(n):
+            device, api_key = services.create_device(target, secrets.token_hex(16), reason="registered")
+            made.append(SimDevice(base_url=self.base_url, uuid=device.uuid, api_key=api_key))
+        self.devices.extend(made)
+        return made
+
     def stop_all(self) -> None:
         for device in self.devices:
             device._stop.set()
@@ -159,6 +201,9 @@ class World:
 
 
 PASSWORD = "e2e correct horse battery"
+# The live server answers each request in its own thread; a few at once cut the setup of the
+# page-sized journeys from tens of seconds to a few on a busy two-core machine.
+REGISTER_CONCURRENCY = 6
 
 
 def make_org_with_user(slug: str, username: str, *, staff: bool = False):
@@ -234,7 +279,10 @@ def world(live_server, celery_processes, e2e_settings, transactional_db) -> Worl
 def page(request, playwright_browser):
     """A fresh browser context per journey; screenshot left behind when the journey fails."""
     context = playwright_browser.new_context(viewport={"width": 1366, "height": 900}, accept_downloads=True)
-    context.set_default_timeout(10_000)
+    context.set_default_timeout(ACTION_TIMEOUT_MS)
+    # A trace (DOM snapshots, network, console per step) is kept only for a failed journey:
+    # `playwright show-trace test-artifacts/traces/<journey>.zip` replays what the browser saw.
+    context.tracing.start(snapshots=True, screenshots=False)
     pg = context.new_page()
     console_errors: list[str] = []
     pg.on("console", lambda msg: console_errors.append(msg.text) if msg.type == "error" else None)
@@ -247,6 +295,10 @@ def page(request, playwright_browser):
             save_screenshot(pg, journey_name(request.node))
         except Exception as exc:  # the page may be gone; the test's own error matters more
             print(f"could not take the failure screenshot: {exc}")
+        TRACES.mkdir(parents=True, exist_ok=True)
+        context.tracing.stop(path=str(TRACES / f"{journey_name(request.node)}.zip"))
+    else:
+        context.tracing.stop()
     context.close()
 
 

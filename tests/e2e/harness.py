@@ -25,6 +25,7 @@ ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = ROOT / "test-artifacts"
 SCREENSHOTS = ARTIFACTS / "screenshots"
 LOGS = ARTIFACTS / "e2e-logs"
+TRACES = ARTIFACTS / "traces"
 
 CHROMIUM = os.environ.get("FLEETSTATUS_CHROMIUM", "/usr/bin/chromium")
 # The machine has no internet: without these, Chromium keeps trying to reach Google's services

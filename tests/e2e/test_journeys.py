@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import csv
 import re
+from concurrent.futures import ThreadPoolExecutor
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
 from playwright.sync_api import Page, expect
 
-from tests.e2e.conftest import PASSWORD, make_fleet, make_org_with_user
+from tests.e2e.conftest import PASSWORD, REGISTER_CONCURRENCY, make_fleet, make_org_with_user
 from tests.e2e.harness import FAST_POLL_INTERVAL, SWEEP_INTERVAL, SimDevice, wait_until
 
 pytestmark = [pytest.mark.browser, pytest.mark.postgres, pytest.mark.redis]
@@ -185,49 +186,79 @@ def test_j1_login_badges_and_scoping(world, page: Page, login, shot):
 def test_j2_filter_sort_page_and_back(world, page: Page, login, shot):
     from devices.queries import PAGE_SIZE
 
-    # One page and a bit of Heartbeat Only devices, each fetching once in turn (so "last seen"
-    # orders them), plus devices in other statuses the filter must drop.
-    fetched_in_order = [heartbeat_only(world) for _ in range(PAGE_SIZE + 3)]
+    # Heartbeat Only devices, one page and a bit: three make contact one after the other (the
+    # oldest "last seen"), then a page's worth at once; other statuses the filter must drop.
+    early = world.register_many(3)
+    for device in early:
+        device.fetch()
+    recent = world.provision_many(PAGE_SIZE)
+    fetch_all(recent)
     others = [online(world), world.register("steady")]
 
     login()
-    expect_count(page, "online-heartbeat-only", len(fetched_in_order))
+    expect_count(page, "online-heartbeat-only", PAGE_SIZE + 3)
     count(page, "online-heartbeat-only").click()
-    expect(page).to_have_url(re.compile(r"[?&]status=online-heartbeat-only(&|$)"))
+    expect_url(page, r"[?&]status=online-heartbeat-only(&|$)")
     rows = page.locator("tbody [data-uuid]")
     expect(rows).to_have_count(PAGE_SIZE)
     expect(page.locator("tbody [data-uuid] [data-status]:not([data-status='online-heartbeat-only'])")).to_have_count(0)
     for device in others:
         expect(row(page, device)).to_have_count(0)
 
-    # Sort by last seen: the header link; the URL carries the sort and keeps the filter.
-    page.locator("thead").get_by_role("link", name=re.compile("last seen", re.I)).click()
-    expect(page).to_have_url(re.compile(r"[?&]sort=-?last_seen(&|$)"))
-    if query(page)["sort"] == ["last_seen"]:
-        page.locator("thead").get_by_role("link", name=re.compile("last seen", re.I)).click()
-        expect(page).to_have_url(re.compile(r"[?&]sort=-last_seen(&|$)"))
+    # Sort by last seen with the column header; the URL carries the sort and keeps the filter.
+    header = page.locator("thead").get_by_role("link", name=re.compile("last seen", re.I))
+    header.click()
+    expect_url(page, r"[?&]sort=-?last_seen(&|$)")
+    if query(page)["sort"] == ["last_seen"]:  # ascending first: the three oldest lead
+        expect(rows.first).to_have_attribute("data-uuid", early[0].uuid)
+        assert row_uuids(page)[:3] == [d.uuid for d in early]
+        header.click()
+        expect_url(page, r"[?&]sort=-last_seen(&|$)")
     assert query(page)["status"] == ["online-heartbeat-only"]
-    newest_first = [d.uuid for d in reversed(fetched_in_order)]
-    expect(rows.first).to_have_attribute("data-uuid", newest_first[0])
-    assert row_uuids(page) == newest_first[:PAGE_SIZE]
+    expect(rows).to_have_count(PAGE_SIZE)
+    first_page = row_uuids(page)
+    assert set(first_page) == {d.uuid for d in recent}
+    seen = column_times(page, "last seen")
+    assert seen == sorted(seen, reverse=True) and all(seen), seen
     sorted_url = page.url
 
-    # Page forward: the rest, still filtered and sorted.
-    page.get_by_role("link", name=re.compile(r"next", re.I)).first.click()
-    expect(page).to_have_url(re.compile(r"[?&]page=2(&|$)"))
-    expect(rows).to_have_count(len(fetched_in_order) - PAGE_SIZE)
-    assert row_uuids(page) == newest_first[PAGE_SIZE:]
+    # Page forward: the rest, oldest last, still filtered and sorted.
+    page.get_by_role("link", name=re.compile(r"^next", re.I)).click()
+    expect_url(page, r"[?&]page=2(&|$)")
+    expect(rows).to_have_count(3)
+    assert row_uuids(page) == [d.uuid for d in reversed(early)]
     assert query(page)["status"] == ["online-heartbeat-only"] and query(page)["sort"] == ["-last_seen"]
     shot("page-2")
 
     # Back: the first page of the same filtered, sorted view.
     page.go_back()
     expect(page).to_have_url(sorted_url)
-    expect(rows.first).to_have_attribute("data-uuid", newest_first[0])
     expect(rows).to_have_count(PAGE_SIZE)
-    assert row_uuids(page) == newest_first[:PAGE_SIZE]
+    assert row_uuids(page) == first_page
     shot()
     assert_no_console_errors(page)
+
+
+def fetch_all(devices: list[SimDevice]) -> None:
+    with ThreadPoolExecutor(max_workers=REGISTER_CONCURRENCY) as pool:
+        list(pool.map(lambda d: d.fetch(), devices))
+
+
+def expect_url(page: Page, pattern: str) -> None:
+    """The URL changed to match, and the new document is parsed (plain links load whole pages)."""
+    expect(page).to_have_url(re.compile(pattern))
+    page.wait_for_load_state("domcontentloaded")
+
+
+def column_times(page: Page, header: str) -> list[str | None]:
+    """The machine-readable times (<time datetime>) of one column of the devices table, top down."""
+    return page.locator("table:has(tbody [data-uuid])").first.evaluate(
+        """(table, header) => {
+            const i = [...table.tHead.rows[0].cells].findIndex(c => c.textContent.trim().toLowerCase().startsWith(header));
+            return [...table.tBodies[0].rows].map(r => r.cells[i]?.querySelector('time')?.getAttribute('datetime') ?? null);
+        }""",
+        header,
+    )
 
 
 # --- 3. A device stops fetching: Offline without a reload, and the counts follow -----------------
