@@ -559,3 +559,59 @@ def test_deactivate_message_lists_at_most_ten_skipped_devices(staff_client, make
     assert warning.startswith("Skipped 12 devices that are not Offline")
     assert warning.endswith("and 2 more.")
     assert Device.objects.filter(is_active=False).count() == 0
+
+
+# --- The services behind the admin --------------------------------------------------------------
+
+
+def test_an_edit_of_several_inputs_is_one_change_with_one_transition(make_device, make_fleet, org):
+    quiet = make_fleet(org, "quiet", cloudlink_enabled=False)[0]
+    d = online(make_device)
+    # Moving to a fleet without cloudlink would make it Online; switching cloudlink back on for
+    # the device keeps it Heartbeat Only: the net change is none, and no transition is written.
+    d = services.apply_admin_edit(d, {"fleet": quiet, "cloudlink_enabled": True, "name": "x"}, reason="admin: a")
+    assert (d.fleet_id, d.name, d.overall_status) == (quiet.pk, "x", Status.ONLINE_HEARTBEAT_ONLY)
+    assert admin_transitions(d) == []
+    d = services.apply_admin_edit(d, {"cloudlink_enabled": None, "notes": "n"}, reason="admin: a")
+    assert admin_transitions(d) == [(Status.ONLINE_HEARTBEAT_ONLY, Status.ONLINE, "admin: a")]
+
+
+def test_apply_admin_edit_refuses_signals_and_broken_rules(make_device, other_fleet):
+    d = online(make_device)
+    with pytest.raises(ValueError, match="not editable"):
+        services.apply_admin_edit(d, {"overall_status": Status.OFFLINE}, reason="admin: a")
+    with pytest.raises(services.DeviceChangeError, match="only an Offline device"):
+        services.apply_admin_edit(d, {"is_active": False, "name": "gone"}, reason="admin: a")
+    with pytest.raises(services.DeviceChangeError, match="own organization"):
+        services.apply_admin_edit(d, {"fleet": other_fleet}, reason="admin: a")
+    with pytest.raises(services.DeviceChangeError, match="cannot be below"):
+        services.apply_admin_edit(d, {"poll_interval": FLOOR - 1}, reason="admin: a")
+    d.refresh_from_db()
+    assert (d.is_active, d.overall_status, d.poll_interval) == (True, Status.ONLINE_HEARTBEAT_ONLY, None)
+    assert d.name != "gone"
+
+
+def test_move_devices_refuses_a_fleet_of_another_organization_for_any_device(make_device, make_fleet, org, other_fleet):
+    mine = offline(make_device)
+    theirs = offline(make_device, other_fleet)
+    with pytest.raises(services.DeviceChangeError):
+        services.move_devices(Device.objects.filter(pk__in=[mine.pk, theirs.pk]), other_fleet, reason="admin: a")
+    assert Device.objects.get(pk=mine.pk).fleet_id != other_fleet.pk
+
+
+def test_bulk_deactivation_rechecks_the_status_it_locked(make_device):
+    d = offline(make_device)
+    # The selection was Offline when chosen; it came online before the action ran.
+    services.record_heartbeat(d, at=T0)
+    result = services.set_devices_active(Device.objects.filter(pk=d.pk), False, reason="admin: a")
+    assert (result.changed, result.refused) == (0, [(d.name, "Online (Heartbeat Only)")])
+    assert Device.objects.get(pk=d.pk).is_active
+
+
+def test_preregister_device_service_refuses_bad_and_taken_uuids(fleet, make_device):
+    with pytest.raises(services.DeviceChangeError, match="lowercase hexadecimal"):
+        services.preregister_device(fleet, "A" * 32, reason="admin: a")
+    taken = make_device()
+    with pytest.raises(services.DeviceChangeError, match="already exists"):
+        services.preregister_device(fleet, taken.uuid, reason="admin: a")
+    assert Device.objects.count() == 1
