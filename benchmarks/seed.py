@@ -56,6 +56,7 @@ BENCH_SECRET = os.environ.get("FLEETSTATUS_BENCH_SECRET", "fleetstatus-bench-not
 META_TABLE = "bench_meta"
 OPERATOR = "bench-operator"
 SMALL_SCHEMA = "bench_p6_small"
+SEED_WORKERS = int(os.environ.get("FLEETSTATUS_BENCH_SEED_WORKERS", "2"))
 
 
 def device_key(uuid: str) -> str:
@@ -455,8 +456,8 @@ class DeviceRows:
 class Histories:
     """A plausible history per device, ending in its stored status at status_changed_at (a few each)."""
 
-    def __init__(self) -> None:
-        self.rng = random.Random(7)
+    def __init__(self, seed: int = 7) -> None:
+        self.rng = random.Random(seed)
         self._chains: dict[tuple[str, str], list[list[str]]] = {}
 
     def chains(self, start: str, final: str) -> list[list[str]]:
@@ -665,122 +666,183 @@ def _create_users(plan: Plan, orgs: list[Organization]) -> None:
     ServiceKey.objects.create(name="bench tunnel server", key_hash=hash_key(service_key()))
 
 
-def seed(
-    plan: Plan, *, log: Callable[[str], None] = print, org_subset: list[int] | None = None, now: datetime | None = None
-) -> dict[str, Any]:
-    """Wipe and seed the current database (and search_path) with plan; returns what it made.
+@dataclass
+class OrgTask:
+    index: int  # in plan.orgs
+    org_pk: int
+    fleets: list[FleetInfo]
+    first_index: int  # device number in the whole plan (UUIDs derive from it)
+    first_id: int
 
-    org_subset seeds only those organizations of the plan, with the same UUIDs, ids and signals as
-    the full seed (P6 compares the same due devices in a smaller installation).
-    """
-    _check_bench_database()
-    now = now or timezone.now()
-    t0 = time.perf_counter()
-    wipe()
+
+def _bulk_session() -> None:
     with connection.cursor() as cur:
         # Bulk-load settings for this session only: no fsync wait per commit, and FK triggers off
         # while COPY runs (the rows are generated consistent; verify() checks the references).
         cur.execute("SET synchronous_commit = off")
         cur.execute("SET session_replication_role = replica")
-    made: dict[str, Any] = {"orgs": {}, "devices": 0, "transitions": 0}
-    try:
-        with transaction.atomic():
-            orgs, fleets_by_org = _create_orgs_and_fleets(plan, org_subset)
-            _create_users(plan, orgs)
-        t_orgs = time.perf_counter()
 
-        columns = _columns(Device._meta.db_table)
-        builder = DeviceRows([c for c, _ in columns], now)
-        P = builder.pos
-        t_cols = [c for c in _columns(StatusTransition._meta.db_table) if c[0] != "id"]
-        assert [c for c, _ in t_cols] == ["from_status", "to_status", "at", "reason", "device_id"], t_cols
-        # (id, created, status_changed_at, status, never active) per device: its history is written after the devices.
-        records: list[tuple] = []
-        due_candidates: list[int] = []
-        p3: dict[str, Any] = {}
-        allowances: dict[int, int | None] = {}
 
-        def device_rows() -> Iterator[list[Any]]:
-            index = next_id = 0
-            org_iter, fleet_iter = iter(orgs), iter(fleets_by_org)
-            for i, op in enumerate(plan.orgs):
-                if org_subset is not None and i not in org_subset:
-                    index += op.devices
-                    next_id += op.devices
-                    continue
-                org, fleets = next(org_iter), next(fleet_iter)
-                rows, allowances[org.pk] = builder.org(i, op, fleets, index, next_id + 1)
-                counts: dict[str, int] = {}
-                for row in rows:
-                    status = row[P["overall_status"]]
-                    counts[status] = counts.get(status, 0) + 1
-                    if op.slug == "bench-large":
-                        if not p3 and status == Status.ONLINE.value:
-                            p3.update(id=row[P["id"]], uuid=row[P["uuid"]], status=status)
-                            row[P["status_changed_at"]] = now - timedelta(hours=1)
-                        elif row[P["api_heartbeat_state"]] == HeartbeatState.ONLINE.value and not row[P["is_frozen"]]:
-                            due_candidates.append(row[P["id"]])
-                    records.append(
-                        (
-                            row[P["id"]],
-                            row[P["created_at"]],
-                            row[P["status_changed_at"]],
-                            status,
-                            row[P["activated_at"]] is None,
-                        )
+def _seed_orgs(plan: Plan, tasks: list[OrgTask], now: datetime, search_path: str) -> dict[str, Any]:
+    """Generate and COPY the devices, then the histories, of some organizations (in a worker process)."""
+    with connection.cursor() as cur:
+        cur.execute(f"SET search_path TO {search_path}")
+    _bulk_session()
+    columns = _columns(Device._meta.db_table)
+    builder = DeviceRows([c for c, _ in columns], now)
+    P = builder.pos
+    t_cols = [c for c in _columns(StatusTransition._meta.db_table) if c[0] != "id"]
+    assert [c for c, _ in t_cols] == ["from_status", "to_status", "at", "reason", "device_id"], t_cols
+    out: dict[str, Any] = {"orgs": {}, "allowances": {}, "due_candidates": [], "p3": {}, "devices": 0, "transitions": 0}
+    # (id, created, status_changed_at, status, never active, org index) per device: histories follow the devices.
+    records: list[tuple] = []
+    p3 = out["p3"]
+
+    def device_rows() -> Iterator[list[Any]]:
+        for task in tasks:
+            op = plan.orgs[task.index]
+            t0 = time.perf_counter()
+            rows, out["allowances"][task.org_pk] = builder.org(
+                task.index, op, task.fleets, task.first_index, task.first_id
+            )
+            counts: dict[str, int] = {}
+            for row in rows:
+                status = row[P["overall_status"]]
+                counts[status] = counts.get(status, 0) + 1
+                if op.slug == "bench-large":
+                    if not p3 and status == Status.ONLINE.value:
+                        p3.update(id=row[P["id"]], uuid=row[P["uuid"]], status=status)
+                        row[P["status_changed_at"]] = now - timedelta(hours=1)
+                    elif row[P["api_heartbeat_state"]] == HeartbeatState.ONLINE.value and not row[P["is_frozen"]]:
+                        out["due_candidates"].append(row[P["id"]])
+                records.append(
+                    (
+                        row[P["id"]],
+                        row[P["created_at"]],
+                        row[P["status_changed_at"]],
+                        status,
+                        row[P["activated_at"]] is None,
+                        task.index,
                     )
-                    yield row
-                index += op.devices
-                next_id += op.devices
-                made["orgs"][op.slug] = {
-                    "devices": op.devices,
-                    "fleets": op.fleets,
-                    "allowance": allowances[org.pk],
-                    "statuses": counts,
-                }
-                log(
-                    f"  {op.slug:<16} {op.devices:>9,} devices in {op.fleets:>4} fleets  ({time.perf_counter() - t0:5.1f} s)"
                 )
+                yield row
+            out["orgs"][op.slug] = {
+                "devices": op.devices,
+                "fleets": op.fleets,
+                "statuses": counts,
+                "seconds": round(time.perf_counter() - t0, 1),
+            }
 
-        def transition_rows() -> Iterator[tuple]:
-            histories = Histories()
-            for device_id, created, changed, status, never_active in records:
-                if device_id == p3.get("id"):
-                    yield from long_history(device_id, status, now, plan.transitions_device)
-                else:
-                    yield from histories.rows(device_id, created, changed, status, never_active)
+    def transition_rows() -> Iterator[tuple]:
+        histories: dict[int, Histories] = {}
+        for device_id, created, changed, status, never_active, org_index in records:
+            if device_id == p3.get("id"):
+                yield from long_history(device_id, status, now, plan.transitions_device)
+                continue
+            h = histories.get(org_index)
+            if h is None:
+                h = histories[org_index] = Histories(seed=7 + org_index)
+            yield from h.rows(device_id, created, changed, status, never_active)
 
-        with transaction.atomic():
-            made["devices"] = _copy(Device._meta.db_table, columns, device_rows())
-            # After the COPY: the connection cannot run another statement while one streams.
-            for org_pk, allowance in allowances.items():
+    t0 = time.perf_counter()
+    with transaction.atomic():
+        out["devices"] = _copy(Device._meta.db_table, columns, device_rows())
+    out["devices_seconds"] = round(time.perf_counter() - t0, 1)
+    t1 = time.perf_counter()
+    with transaction.atomic():
+        out["transitions"] = _copy(StatusTransition._meta.db_table, t_cols, transition_rows())
+    out["transitions_seconds"] = round(time.perf_counter() - t1, 1)
+    connection.close()
+    return out
+
+
+def _partition(tasks: list[OrgTask], plan: Plan, workers: int) -> list[list[OrgTask]]:
+    """Organizations spread over workers so that each gets about the same number of devices."""
+    parts: list[list[OrgTask]] = [[] for _ in range(workers)]
+    load = [0] * workers
+    for task in sorted(tasks, key=lambda t: -plan.orgs[t.index].devices):
+        i = load.index(min(load))
+        parts[i].append(task)
+        load[i] += plan.orgs[task.index].devices
+    return [p for p in parts if p]
+
+
+def seed(
+    plan: Plan, *, log: Callable[[str], None] = print, org_subset: list[int] | None = None, now: datetime | None = None
+) -> dict[str, Any]:
+    """Wipe and seed the current database (and search_path) with plan; returns what it made.
+
+    Devices and histories are generated and streamed by SEED_WORKERS processes at once, each with
+    its own connection and its own organizations: on two cores, one process generating rows while
+    PostgreSQL indexes them (18 indexes on devices) leaves a core idle half the time.
+    org_subset seeds only those organizations of the plan, with the same UUIDs, ids and signals as
+    the full seed (P6 compares the same due devices in a smaller installation).
+    """
+    import multiprocessing
+
+    from django.db import connections
+
+    _check_bench_database()
+    now = now or timezone.now()
+    t0 = time.perf_counter()
+    wipe()
+    with connection.cursor() as cur:
+        cur.execute("SHOW search_path")
+        (search_path,) = cur.fetchone()
+    with transaction.atomic():
+        orgs, fleets_by_org = _create_orgs_and_fleets(plan, org_subset)
+        _create_users(plan, orgs)
+    t_orgs = time.perf_counter()
+
+    tasks, index, next_id = [], 0, 1
+    org_iter, fleet_iter = iter(orgs), iter(fleets_by_org)
+    for i, op in enumerate(plan.orgs):
+        if org_subset is None or i in org_subset:
+            tasks.append(OrgTask(i, next(org_iter).pk, next(fleet_iter), index, next_id))
+        # Organizations left out still take their UUIDs and ids: those kept match the full seed.
+        index += op.devices
+        next_id += op.devices
+    parts = _partition(tasks, plan, SEED_WORKERS)
+    log(
+        f"  {len(tasks)} organizations in {len(parts)} worker processes: "
+        + "; ".join(", ".join(plan.orgs[t.index].slug for t in p) for p in parts)
+    )
+    # Forked workers must not share this process's connection: each opens its own.
+    connections.close_all()
+    with multiprocessing.get_context("fork").Pool(len(parts)) as pool:
+        results = pool.starmap(_seed_orgs, [(plan, part, now, search_path) for part in parts])
+    t_copy = time.perf_counter()
+
+    made: dict[str, Any] = {"orgs": {}, "devices": 0, "transitions": 0}
+    due_candidates: list[int] = []
+    p3: dict[str, Any] = {}
+    with transaction.atomic():
+        for r in results:
+            made["devices"] += r["devices"]
+            made["transitions"] += r["transitions"]
+            due_candidates += r["due_candidates"]
+            p3 = p3 or r["p3"]
+            for org_pk, allowance in r["allowances"].items():
                 Organization.objects.filter(pk=org_pk).update(device_allowance=allowance)
-        t_dev = time.perf_counter()
-        with transaction.atomic():
-            made["transitions"] = _copy(StatusTransition._meta.db_table, t_cols, transition_rows())
-        records.clear()
-        t_tr = time.perf_counter()
+            made["orgs"].update(r["orgs"])
         _reset_sequences([Device._meta.db_table, StatusTransition._meta.db_table])
-    finally:
-        with connection.cursor() as cur:
-            cur.execute("SET session_replication_role = DEFAULT")
-            cur.execute("SET synchronous_commit = DEFAULT")
+    for slug, info in made["orgs"].items():
+        info["allowance"] = Organization.objects.get(slug=slug).device_allowance
+    made["orgs"] = {op.slug: made["orgs"][op.slug] for op in plan.orgs if op.slug in made["orgs"]}
+    for r in results:
+        log(
+            f"  worker: {r['devices']:,} devices in {r['devices_seconds']} s, then {r['transitions']:,} transitions in {r['transitions_seconds']} s"
+        )
 
-    due = random.Random(11).sample(due_candidates, min(plan.due_devices, len(due_candidates)))
+    due = random.Random(11).sample(sorted(due_candidates), min(plan.due_devices, len(due_candidates)))
     made.update(
         plan=plan.name,
         seeded_at=now.isoformat(),
         p3_device=p3,
         p6_due_ids=sorted(due),
-        seconds={
-            "orgs_fleets_users": round(t_orgs - t0, 1),
-            "devices_copy": round(t_dev - t_orgs, 1),
-            "transitions_copy": round(t_tr - t_dev, 1),
-        },
+        seconds={"orgs_fleets_users": round(t_orgs - t0, 1), "copy": round(t_copy - t_orgs, 1)},
     )
-    log(
-        f"  COPY: {made['devices']:,} devices in {t_dev - t_orgs:.1f} s, {made['transitions']:,} transitions in {t_tr - t_dev:.1f} s"
-    )
+    log(f"  COPY: {made['devices']:,} devices and {made['transitions']:,} transitions in {t_copy - t_orgs:.1f} s")
     t_v = time.perf_counter()
     with connection.cursor() as cur:
         for table in (
@@ -795,7 +857,7 @@ def seed(
     made["seconds"]["total"] = round(time.perf_counter() - t0, 1)
     log(
         f"  VACUUM ANALYZE in {made['seconds']['vacuum_analyze']:.1f} s; seeding took {made['seconds']['total']:.1f} s in all "
-        f"(COPY of devices and transitions: {t_tr - t_orgs:.1f} s)"
+        f"(of which COPY {made['seconds']['copy']:.1f} s)"
     )
     return made
 
