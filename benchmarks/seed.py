@@ -811,6 +811,9 @@ def seed(
     connections.close_all()
     with multiprocessing.get_context("fork").Pool(len(parts)) as pool:
         results = pool.starmap(_seed_orgs, [(plan, part, now, search_path) for part in parts])
+    # This process's new connection must look at the same installation (a schema, for P6).
+    with connection.cursor() as cur:
+        cur.execute(f"SET search_path TO {search_path}")
     t_copy = time.perf_counter()
 
     made: dict[str, Any] = {"orgs": {}, "devices": 0, "transitions": 0}
