@@ -25,12 +25,12 @@ PAGE_SIZE = 50
 MAX_SEARCH_LENGTH = 100
 STATUS_SLUGS: tuple[str, ...] = tuple(s.value for s in Status)
 
-# Sortable columns: URL key -> (label, fields). The pk is always appended as the tiebreaker so the
+# Sortable columns, in the table's order: URL key -> (label, fields). The pk is always appended as the tiebreaker so the
 # order is total and a page boundary never shows a device twice or skips one. Every first field has
 # an (organization, field) index (devices/models.py); the second keeps equal values readable.
 SORTS: dict[str, tuple[str, tuple[str, ...]]] = {
-    "status": ("Status", ("overall_status", "name")),
     "name": ("Name", ("name",)),
+    "status": ("Status", ("overall_status", "name")),
     "uuid": ("UUID", ("uuid",)),
     "fleet": ("Fleet", ("fleet__name", "name")),
     "device_type": ("Device type", ("device_type", "name")),

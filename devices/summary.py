@@ -110,10 +110,14 @@ def explain(device: Device, now: datetime) -> Explanation:
     reason = RULE_REASONS[rule].format(frozen_reason=device.frozen_reason or "no reason recorded")
     interval = device.effective_poll_interval
     window = heartbeat_window(interval)
-    deadline = None
-    if device.last_api_heartbeat_at:
-        deadline = device.last_api_heartbeat_at + window
     hb_online = device.api_heartbeat_state == HeartbeatState.ONLINE
+    deadline = None
+    if hb_online and device.heartbeat_deadline:
+        # The stored deadline is the one the sweep acts on (last fetch + interval × 1.5 when it was
+        # set; moved when an interval changes), so it is the honest "turns Offline at".
+        deadline = device.heartbeat_deadline
+    elif device.last_api_heartbeat_at:
+        deadline = device.last_api_heartbeat_at + window
     deadline_passed = bool(hb_online and deadline and deadline <= now)
     after_expiry = None
     if hb_online and deadline and status not in (Status.INACTIVE, Status.FROZEN):

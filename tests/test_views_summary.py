@@ -120,7 +120,8 @@ def test_why_panel_with_a_tunnel_predicts_vpn_only(owner_client, make_device):
 def test_why_panel_uses_the_fleets_interval_and_the_floor(owner_client, make_device, fleet, settings):
     settings.FLEETSTATUS_MIN_POLL_INTERVAL = 60
     services.update_fleet(fleet, {"poll_interval": 120}, reason="test")
-    d = device_in(make_device, "online-heartbeat-only", at=T0)
+    # The deadline a fetch at T0 gets with a 120 s interval (what the heartbeat path stores).
+    d = device_in(make_device, "online-heartbeat-only", at=T0, heartbeat_deadline=T0 + timedelta(seconds=180))
     with time_machine.travel(T0 + timedelta(seconds=30), tick=False):
         why = text(section(owner_client.get(url(d)), "why"))
     assert "Polls every 120 s (the fleet's setting)" in why
