@@ -234,10 +234,29 @@ def test_client_connect_of_8000_uuids_costs_a_bounded_number_of_queries(
 
 @pytest.mark.postgres
 @pytest.mark.slow
-def test_client_connect_of_8000_uuids_is_well_under_a_second_on_postgresql(client, fleet, vpn_key):
+def test_client_connect_of_8000_uuids_costs_about_one_row_write_each_on_postgresql(client, fleet, vpn_key):
+    """Wall time against the floor: one plain UPDATE that writes each of the same rows once.
+
+    An absolute bound would measure the machine (CI shares its cores); the ratio measures the
+    code: per-device queries, a second pass over the rows or models built per row would all blow
+    it. The absolute figure (well under 1 s for 8,000 on an idle machine) is benchmark P7's job
+    (`python3 dev.py bench`).
+    """
     uuids = _eight_thousand(fleet)
-    started = time.perf_counter()
-    r = tunnel(client, CONNECT, uuids, 1, vpn_key)
-    elapsed = time.perf_counter() - started
-    assert r.status_code == 200 and r.json()["matched"] == 8000
-    assert elapsed < 1.0, f"client-connect of 8,000 UUIDs took {elapsed:.2f} s"
+    tunnel(client, CONNECT, uuids, 9, vpn_key)  # the inactive ones are active from here on
+    floor, calls = [], []
+    for i in range(3):
+        at = T0 + timedelta(minutes=i + 1)
+        started = time.perf_counter()
+        Device.objects.filter(fleet=fleet).update(last_seen_at=at, last_vpn_event=at)
+        floor.append(time.perf_counter() - started)
+        started = time.perf_counter()
+        r = tunnel(client, DISCONNECT if i % 2 == 0 else CONNECT, uuids, 9, vpn_key, at=at)
+        calls.append(time.perf_counter() - started)
+        assert r.json()["matched"] == 8000
+    # Every call above changes all 8,000 statuses: 8,000 transitions each.
+    assert StatusTransition.objects.filter(reason__endswith="(VPN service 9)").count() == 4 * 8000
+    assert min(calls) < 3 * min(floor) + 0.25, (
+        f"client-connect/disconnect of 8,000 UUIDs took {min(calls):.2f} s; "
+        f"one UPDATE of the same rows took {min(floor):.2f} s"
+    )
