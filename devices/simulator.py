@@ -821,6 +821,8 @@ class Simulator:
             # Our own gate in front of httpx's pool: httpcore re-scans its whole queue of waiting
             # requests on every change, which stalls the event loop with thousands of devices.
             async with self._slots:
+                if self.stop_event.is_set() and not kind.startswith("vpn"):
+                    return None  # stopping: devices send nothing new, only the tunnel server's goodbye
                 response = await self.client.request(
                     method, url, headers={"Authorization": f"Bearer {token}"}, json=json
                 )
@@ -1027,6 +1029,8 @@ class Simulator:
                     await self.stop_event.wait()
                 else:
                     await self.sleep(self.options.duration)
+                self.stop_event.set()
+                await self._drain()
                 for task in tasks:
                     task.cancel()
                 await asyncio.gather(*tasks, return_exceptions=True)
@@ -1034,6 +1038,7 @@ class Simulator:
                     task.cancel()
                 await asyncio.gather(*background, return_exceptions=True)
                 background = []
+                self._slots = asyncio.Semaphore(self.options.connections)  # only the tunnel server is left
                 await self.tunnel.shutdown()
         finally:
             for task in background:
@@ -1045,6 +1050,21 @@ class Simulator:
             self.save()
         self.write(self.summary(final=True))
         return self._result()
+
+    async def _drain(self) -> None:
+        """Wait for the requests in flight, holding every slot so that no new one starts.
+
+        Cancelling a request half-way would leave the server's side of it running on its own (and
+        the tunnel server unsure whether a connect it sent counted), so devices are cancelled only
+        once nothing is on the wire.
+        """
+        assert self._slots is not None
+        taken = 0
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(self.options.request_timeout):
+                while taken < self.options.connections:
+                    await self._slots.acquire()
+                    taken += 1
 
     def _device_done(self, task: asyncio.Task) -> None:
         # A device script only ends by cancellation (or when it cannot register); an exception is

