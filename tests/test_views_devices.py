@@ -255,6 +255,17 @@ def test_fleet_filter_with_counts_for_that_fleet(owner_client, make_device, make
     assert 'value="sensors" selected' in html(response)
 
 
+def test_fleet_choices_name_the_organization_when_the_user_has_several(owner, owner_client, other_org, make_fleet, fleet):
+    Membership.objects.create(user=owner, organization=other_org)
+    make_fleet(other_org, "kiosks")
+    page = html(owner_client.get(URL))
+    assert '<option value="northwind/kiosks">Northwind / Kiosks</option>' in page
+    assert '<option value="contoso/kiosks">Contoso / Kiosks</option>' in page
+    assert 'value="contoso/kiosks" selected' in html(owner_client.get(URL, {"fleet": "contoso/kiosks"}))
+    # A bare slug both organizations use shows both fleets' devices, and selects neither.
+    assert " selected" not in html(owner_client.get(URL, {"fleet": "kiosks"})).split('id="filter-fleet"', 1)[1].split("</select>", 1)[0]
+
+
 def test_malformed_fleet_gives_a_notice_and_all_fleets(owner_client, make_device):
     d = device_in(make_device, "online")
     for bad in ("<script>", "a/b/c", "x" * 80):

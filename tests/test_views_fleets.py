@@ -58,7 +58,7 @@ def test_fleet_cards_with_counts_links_and_bar(owner_client, make_device, make_f
     segments = re.findall(r'class="stackbar__seg seg--([a-z-]+)" style="flex-grow: (\d+)"', kiosks)
     assert segments == [("online", "2"), ("online-heartbeat-only", "1"), ("offline", "1")]
     # Legend labels carry the footnote marker of the partial states.
-    assert "Online (Heartbeat Only)<sup>²</sup>" in kiosks
+    assert "Online (Heartbeat Only)<sup aria-hidden=\"true\">²</sup>" in kiosks
     assert counts_in(card(response, "sensors")) == {"updating": 1}
     assert "No devices yet." in card(response, "empty")
     assert title(response) == "(3) Fleets · fleetstatus"
