@@ -41,6 +41,7 @@ ACTION_TIMEOUT_MS = 15_000
 expect.set_options(timeout=ACTION_TIMEOUT_MS)
 
 _shots_taken: list[Path] = []
+_traces_saved: list[Path] = []
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:
@@ -65,8 +66,8 @@ def pytest_terminal_summary(terminalreporter) -> None:
         terminalreporter.write_sep("-", "browser journeys")
         terminalreporter.write_line(f"screenshots ({len(_shots_taken)}): {SCREENSHOTS}")
         terminalreporter.write_line(f"celery logs: {harness.LOGS}")
-        if TRACES.exists() and any(TRACES.iterdir()):
-            terminalreporter.write_line(f"traces of failed journeys: {TRACES} (playwright show-trace <file>)")
+        if _traces_saved:
+            terminalreporter.write_line(f"traces of failed journeys: {TRACES} (.venv/bin/playwright show-trace <file>)")
 
 
 def save_screenshot(page, name: str) -> Path:
@@ -85,6 +86,8 @@ def save_screenshot(page, name: str) -> Path:
 def playwright_browser():
     from playwright.sync_api import sync_playwright
 
+    # Traces are kept for failures only: one left from an earlier run would point at a fixed bug.
+    shutil.rmtree(TRACES, ignore_errors=True)
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         yield browser
@@ -285,7 +288,10 @@ def page(request, playwright_browser):
     context.tracing.start(snapshots=True, screenshots=False)
     pg = context.new_page()
     console_errors: list[str] = []
-    pg.on("console", lambda msg: console_errors.append(msg.text) if msg.type == "error" else None)
+    # "Failed to load resource: 404" alone does not say which one: keep the location with it.
+    pg.on(
+        "console", lambda m: console_errors.append(f"{m.text} [{m.location.get('url')}]") if m.type == "error" else None
+    )
     pg.on("pageerror", lambda exc: console_errors.append(str(exc)))
     pg.console_errors = console_errors
     yield pg
@@ -296,7 +302,9 @@ def page(request, playwright_browser):
         except Exception as exc:  # the page may be gone; the test's own error matters more
             print(f"could not take the failure screenshot: {exc}")
         TRACES.mkdir(parents=True, exist_ok=True)
-        context.tracing.stop(path=str(TRACES / f"{journey_name(request.node)}.zip"))
+        trace = TRACES / f"{journey_name(request.node)}.zip"
+        context.tracing.stop(path=str(trace))
+        _traces_saved.append(trace)
     else:
         context.tracing.stop()
     context.close()
