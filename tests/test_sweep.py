@@ -183,9 +183,13 @@ def test_rows_a_claim_refuses_are_not_read_again(make_device):
     for d in devices:
         fetch(d, T0)
     seen: list[list[int]] = []
-    assert (
-        services.expire_heartbeats(T0 + timedelta(hours=1), batch_size=2, claim=lambda ids: seen.append(ids) or []) == 0
-    )
+
+    def refuse(ids: list[int]) -> list[int]:
+        seen.append(ids)
+        assert len(seen) <= 3, "the same rows were read again"
+        return []
+
+    assert services.expire_heartbeats(T0 + timedelta(hours=1), batch_size=2, claim=refuse) == 0
     assert sorted(pk for ids in seen for pk in ids) == sorted(d.pk for d in devices)
     assert all(reload(d).api_heartbeat_state == HeartbeatState.ONLINE for d in devices)
 
