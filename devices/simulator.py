@@ -756,9 +756,8 @@ class TunnelServer:
             await self.flush()
 
     async def shutdown(self) -> None:
-        """The tunnel server stops: every tunnel it holds goes down."""
-        for uuid in self.connected:
-            self.pending[uuid] = False
+        """The tunnel server stops: every tunnel it holds goes down, and none that was about to open does."""
+        self.pending = dict.fromkeys(self.connected, False)
         await self.flush()
 
 

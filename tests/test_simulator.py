@@ -529,9 +529,10 @@ def test_tunnel_server_sends_only_net_changes_and_retries_failures():
             await tunnel.flush()  # already up: no call
             assert len(server.vpn_calls) == 1
             tunnel.reset(["c" * 32])
+            tunnel.set("d" * 32, True)  # came up just before the stop: never announced
             await tunnel.shutdown()
             assert server.vpn_calls[1][0] == "disconnect" and set(server.vpn_calls[1][1]) == {"a" * 32, "c" * 32}
-            assert tunnel.connected == set()
+            assert len(server.vpn_calls) == 2 and tunnel.connected == set()
 
     asyncio.run(scenario())
 
