@@ -8,8 +8,8 @@ Auth outcomes, the same on every endpoint:
 - missing or malformed `Authorization: Bearer <key>` → 401;
 - a key that does not belong to the device named (unknown UUID, wrong key, or another device's
   key) → 401 with one message, so an unauthenticated caller cannot learn whether a UUID exists;
-- a state report whose key authenticates one of the devices it names but that also names other
-  devices → 403, and nothing is written.
+- a state report authenticated with a valid device key that names another device (alone or
+  besides itself) → 403, and nothing is written.
 """
 
 from __future__ import annotations
@@ -168,6 +168,10 @@ def state_report(request: HttpRequest) -> HttpResponse:
     named = Device.objects.filter(uuid__in=list(body)).order_by().only("pk", "uuid", "api_key_hash")
     own = [d for d in named if key_matches(key, d.api_key_hash)]
     if not own:
+        # An authenticated device naming only other devices is forbidden (403); a key that belongs
+        # to no device at all is unauthenticated (401). Lookup by hash uses the api_key_hash index.
+        if Device.objects.filter(api_key_hash=hash_key(key)).exists():
+            return error(403, "A device may only report its own state.", uuids=sorted(body))
         return error(401, WRONG_DEVICE_KEY)
     if len(own) > 1 or len(body) > 1:
         others = sorted(set(body) - {own[0].uuid})

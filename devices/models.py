@@ -41,7 +41,8 @@ class Device(models.Model):
     ip_address = models.CharField(max_length=255, blank=True, default="")
     mac_address = models.CharField(max_length=255, blank=True, default="")
     release = models.CharField("current release", max_length=64, blank=True, default="")
-    api_key_hash = models.CharField(max_length=64, editable=False, blank=True, default="")
+    # Indexed so that a valid key of another device is told apart from a wrong key (403 vs 401).
+    api_key_hash = models.CharField(max_length=64, editable=False, blank=True, default="", db_index=True)
     notes = models.TextField(blank=True, default="")
 
     # Overrides of the fleet's settings (None = use the fleet's).

@@ -181,8 +181,12 @@ def test_naming_another_device_is_refused_and_changes_nothing(client, online, ma
     r = report(client, online, {online.uuid: {"status": "Idle"}, other.uuid: {"status": "Hacked"}})
     assert r.status_code == 403
     assert r.json()["uuids"] == [other.uuid]
-    # Own key, body only for another device: the key does not authenticate any device named (401).
+    # Own key, body only for another device: a valid device key, so forbidden (403), not 401.
     r = report(client, online, {other.uuid: {"status": "Hacked"}})
+    assert r.status_code == 403
+    assert r.json()["uuids"] == [other.uuid]
+    # A key that belongs to no device at all is unauthenticated.
+    r = send(client, "PATCH", URL, {other.uuid: {"status": "Hacked"}}, headers={"Authorization": "Bearer " + "e" * 64})
     assert r.status_code == 401
     assert snapshot() == before
 
