@@ -41,8 +41,8 @@ class Device(models.Model):
     ip_address = models.CharField(max_length=255, blank=True, default="")
     mac_address = models.CharField(max_length=255, blank=True, default="")
     release = models.CharField("current release", max_length=64, blank=True, default="")
-    # Indexed so that a valid key of another device is told apart from a wrong key (403 vs 401).
-    api_key_hash = models.CharField(max_length=64, editable=False, blank=True, default="", db_index=True)
+    # Indexed (Meta.indexes) so a valid key of another device is told apart from a wrong key (403 vs 401).
+    api_key_hash = models.CharField(max_length=64, editable=False, blank=True, default="")
     notes = models.TextField(blank=True, default="")
 
     # Overrides of the fleet's settings (None = use the fleet's).
@@ -107,6 +107,7 @@ class Device(models.Model):
             models.Index(fields=["organization", "api_heartbeat_state"], name="dev_org_heartbeat"),
             models.Index(fields=["organization", "is_connected_to_vpn"], name="dev_org_vpn"),
             models.Index(fields=["fleet", "overall_status"], name="dev_fleet_status"),
+            models.Index(fields=["api_key_hash"], name="dev_api_key_hash"),
             models.Index(fields=["fleet", "name"], name="dev_fleet_name"),
             # Allowance: active devices of an organization in activation order.
             models.Index(fields=["organization", "is_active", "activated_at"], name="dev_org_activation"),
