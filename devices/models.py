@@ -6,7 +6,7 @@ from typing import Any
 from django.conf import settings
 from django.core.validators import MaxValueValidator, MinValueValidator, RegexValidator
 from django.db import models
-from django.db.models import F, Q
+from django.db.models import Q
 
 from devices.status import SIGNALS, HeartbeatState, Status, UpdateStatus, compute_status
 from fleets.models import Fleet, Organization
@@ -96,10 +96,8 @@ class Device(models.Model):
             models.Index(fields=["organization", "overall_status", "name"], name="dev_org_status_name"),
             models.Index(fields=["organization", "name"], name="dev_org_name"),
             models.Index(fields=["organization", "last_seen_at"], name="dev_org_last_seen"),
-            # "Last seen, newest first" with never-seen devices last: the plain index above read
-            # backwards would put NULLs first, so this order needs its own index (PostgreSQL only:
-            # SQLite cannot index NULLS LAST, see migration 0002).
-            models.Index(F("organization"), F("last_seen_at").desc(nulls_last=True), name="dev_org_last_seen_desc"),
+            # "Last seen, newest first" (DESC NULLS LAST) has its own PostgreSQL-only index,
+            # created in migration 0002 outside the model state (SQLite cannot index NULLS LAST).
             models.Index(fields=["organization", "device_type"], name="dev_org_device_type"),
             models.Index(fields=["organization", "os_version"], name="dev_org_os"),
             models.Index(fields=["organization", "release"], name="dev_org_release"),
