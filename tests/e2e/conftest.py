@@ -82,7 +82,10 @@ def save_screenshot(page, name: str) -> Path:
 # --- Processes ---------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="session")
+# Package scope: the browser and the Celery processes live while tests/e2e runs and are gone
+# before the rest of a full test session; a worker sweeping the test database every second would
+# change statuses under other tests' feet.
+@pytest.fixture(scope="package")
 def playwright_browser():
     from playwright.sync_api import sync_playwright
 
@@ -101,7 +104,7 @@ def _redis():
     return redis.Redis.from_url(settings.REDIS_URL)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def celery_processes(django_db_setup, django_db_blocker):
     """Worker and beat on the test database. Depends on django_db_setup so that it is torn down
     (and its database connections closed) before pytest-django drops the test database."""

@@ -69,6 +69,15 @@ def database_url(db: dict) -> str:
     return f"postgres://{auth}{host}{port}/{quote(str(db['NAME']), safe='')}"
 
 
+def _die_with_parent() -> None:
+    """In the child before exec: SIGTERM it when pytest dies, even by SIGKILL (finalizers never run then)."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        PR_SET_PDEATHSIG = 1
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
 class CeleryProcesses:
     """A real `celery worker` and `celery beat`, each in its own process group, logging to files."""
 
@@ -103,7 +112,13 @@ class CeleryProcesses:
             self.logs[name] = log
             with log.open("wb") as out:
                 self.procs[name] = subprocess.Popen(
-                    command, cwd=ROOT, env=self.env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+                    command,
+                    cwd=ROOT,
+                    env=self.env,
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                    preexec_fn=_die_with_parent,
                 )
 
     def check_alive(self) -> None:
