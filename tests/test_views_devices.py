@@ -460,3 +460,14 @@ def test_status_changes_show_on_the_next_poll(owner_client, make_device):
     fragment = owner_client.get(URL, HTTP_HX_REQUEST="true")
     assert status_counts(fragment)["offline"] == 1 and status_counts(fragment)["online-heartbeat-only"] == 0
     assert 'data-status="offline"' in badge(fragment, d.uuid)
+
+
+def test_device_and_fleet_names_are_escaped(owner_client, make_device, fleet):
+    fleet.name = "<b>fleet</b>"
+    fleet.save()
+    d = device_in(make_device, "online", name='<script>alert("x")</script>', release='"><img src=x>')
+    page = html(owner_client.get(URL))
+    assert "<script>alert" not in page and "<img src=x>" not in page and "<b>fleet</b>" not in page
+    assert "&lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt;" in page
+    summary = html(owner_client.get(f"/devices/{d.uuid}/"))
+    assert "<script>alert" not in summary and "<b>fleet</b>" not in summary

@@ -18,7 +18,7 @@ pytestmark = pytest.mark.django_db
 
 
 def card(response, slug: str) -> str:
-    match = re.search(rf'<li class="fleet-card" data-fleet="{slug}">.*?\n      </li>', html(response), re.S)
+    match = re.search(rf'<li class="fleet-card" data-fleet="{slug}"><article>.*?</article></li>', html(response), re.S)
     assert match, slug
     return match.group(0)
 
@@ -153,3 +153,14 @@ def test_query_count_does_not_grow_with_fleets_or_devices(owner_client, make_dev
         owner_client.get(URL)
     grouped = [q["sql"] for q in ctx.captured_queries if "GROUP BY" in q["sql"].upper()]
     assert len(grouped) == 1 and "devices_device" in grouped[0]
+
+
+def test_names_from_users_are_escaped(owner_client, make_device, make_fleet, org):
+    evil, _ = make_fleet(org, "evil")
+    evil.name = '<script>alert("x")</script>'
+    evil.device_type = '"><img src=x onerror=alert(1)>'
+    evil.save()
+    device_in(make_device, "offline", fleet=evil)
+    page = html(owner_client.get(URL))
+    assert "<script>alert" not in page and "<img src=x" not in page
+    assert "&lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt;" in card(owner_client.get(URL), "evil")

@@ -10,6 +10,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from datetime import timezone as dt_timezone
 from functools import lru_cache
+from html import escape as html_escape
 
 from django import template
 from django.utils import timezone
@@ -127,6 +128,63 @@ def cloudlink_cell(context, device) -> SafeString:
         since = format_html(' <span class="signal__since">last up {}</span>', reltime(context, device.last_vpn_event))
         return format_html("{}{}", _signal("no", "offline", "Not connected"), since if device.last_vpn_event else "")
     return _signal("never", "never", "Never", "The tunnel has never connected")
+
+
+# --- The Fleets page's card ---------------------------------------------------------------------------
+
+
+@register.simple_tag
+def fleet_card(card: dict, org) -> SafeString:
+    """One fleet's card (fleets/views.py builds `card`).
+
+    Plain string building, not a template or format_html: an organization with a thousand fleets
+    renders a thousand of these per page view and per poll, nine statuses each. Only text that
+    comes from users (names, slugs, device types, links) needs escaping; slugs of statuses, their
+    labels and counts are ours.
+    """
+    fleet = card["fleet"]
+    total = card["total"]
+    meta = f"{fleet.device_type or 'any device type'} · {fleet.get_fleet_type_display().lower()} fleet"
+    if not fleet.cloudlink_enabled:
+        meta += " · cloudlink off"
+    warn = ""
+    if fleet.fleet_type == "paid" and org.tier == "free":
+        warn = (
+            f'<p class="fleet-card__warn">{status_icon("frozen", "icon")}'
+            "A paid fleet type on a free tier: its active devices are frozen.</p>"
+        )
+    name = _esc(fleet.name)
+    if total:
+        bar = "".join(
+            f'<span class="stackbar__seg seg--{s["slug"]}" style="flex-grow: {int(s["n"])}" title="{s["label"]}: {int(s["n"])}"></span>'
+            for s in card["segments"]
+        )
+        legend = "".join(
+            f'<li><a href="{_esc(s["href"])}" class="legend__item">{status_icon(s["slug"], "legend__icon")}'
+            f'<span class="legend__label">{s["label"]}{_marker(s["slug"])}</span> '
+            f'<span class="legend__n" data-status-count="{s["slug"]}">{int(s["n"])}</span></a></li>'
+            for s in card["segments"]
+        )
+        body = f'<div class="stackbar" aria-hidden="true">{bar}</div><ul class="legend" aria-label="{name} by status">{legend}</ul>'
+    else:
+        body = '<div class="stackbar stackbar--empty" aria-hidden="true"></div><p class="muted small">No devices yet.</p>'
+    return mark_safe(
+        f'<li class="fleet-card" data-fleet="{_esc(fleet.slug)}"><article>'
+        f'<div class="fleet-card__head"><h3><a href="{_esc(card["href"])}">{name}</a></h3>'
+        f'<p class="fleet-card__meta">{_esc(meta)}</p></div>{warn}'
+        f'<p class="fleet-card__total"><span class="fleet-card__n" data-fleet-total="{int(total)}">{int(total)}</span> '
+        f'device{"" if total == 1 else "s"}</p>{body}</article></li>\n'
+    )
+
+
+def _esc(value: str) -> str:
+    return html_escape(str(value), quote=True)
+
+
+@lru_cache(maxsize=16)
+def _marker(slug: str) -> str:
+    marker = footnote_marker(slug)
+    return f'<sup aria-hidden="true">{marker}</sup>' if marker else ""
 
 
 # --- Times -------------------------------------------------------------------------------------------
