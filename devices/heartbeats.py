@@ -223,16 +223,17 @@ class HeartbeatStore:
                 logger.warning("dropping malformed heartbeat store entry %r=%r", raw_id, raw_at)
         # Commits before returning: an entry is deleted only once the database has it, so a
         # crash in between only means writing it again next time.
-        updated, online = services.write_back_heartbeats(fetches)
+        result = services.write_back_heartbeats(fetches)
+        settled = [(raw_id, raw_at) for raw_id, raw_at in items if _parse_id(raw_id) not in result.busy]
         # An entry for a device whose heartbeat is not online in the database means the set
         # claimed too much (a database restored under a live Redis, a heartbeat changed by
         # hand): drop it from the set, so its next fetch takes the database path.
-        stale_members = [str(pk) for pk in fetches if pk not in online]
-        args: list[bytes | str | int] = [len(items)]
-        for raw_id, raw_at in items:
+        stale_members = [str(pk) for pk in fetches if pk not in result.online and pk not in result.busy]
+        args: list[bytes | str | int] = [len(settled)]
+        for raw_id, raw_at in settled:
             args += [raw_id, raw_at]
         self._written_back(keys=[SEEN, ONLINE], args=[*args, *stale_members])
-        return updated
+        return result.updated
 
     def claim(self, ids: list[int], token: str) -> list[int]:
         """Of a locked batch of due rows, the ids with no pending fetch, removed from the set.
@@ -254,6 +255,13 @@ class HeartbeatStore:
         pipe.delete(SEEN, ONLINE)
         pipe.set(EPOCH, uuid.uuid4().hex)
         pipe.execute()
+
+
+def _parse_id(raw: bytes) -> int | None:
+    try:
+        return int(raw)
+    except ValueError:
+        return None
 
 
 @lru_cache(maxsize=8)

@@ -379,36 +379,57 @@ def record_heartbeat(
         return update_device(locked.pk, heartbeat_changes(locked, at), reason="target state fetched", at=at)
 
 
-def write_back_heartbeats(fetches: Mapping[int, datetime]) -> tuple[int, set[int]]:
+@dataclass
+class WriteBack:
+    """What write_back_heartbeats did with a batch of fetch times."""
+
+    updated: int = 0
+    # Ids whose heartbeat is online in the database.
+    online: set[int] = dc_field(default_factory=set)
+    # Ids another transaction holds right now: left alone, for the next run.
+    busy: set[int] = dc_field(default_factory=set)
+
+
+def write_back_heartbeats(fetches: Mapping[int, datetime]) -> WriteBack:
     """Fold fetch times collected outside the database (the Redis store) into the device rows.
 
     Only forward and only where the heartbeat is online: a fetch that went through the database
     meanwhile is newer, and an expired heartbeat comes back only through record_heartbeat (with
     its transition). Sets last_api_heartbeat_at, last_seen_at and heartbeat_deadline (with the
     device's current interval); none of them is a status input, so no transition can result.
-    One locking SELECT (in id order, like every bulk change, so concurrent sweeps cannot deadlock)
-    and one UPDATE ... FROM (VALUES ...) per call. Returns (rows updated, ids whose heartbeat is
-    online in the database).
+    Rows locked elsewhere are skipped, not waited for (SKIP LOCKED): a background job must never
+    be half of a deadlock with a request (update_device locks one row, then its organization's).
+    One locking SELECT and one UPDATE ... FROM (VALUES ...) per call.
     """
+    result = WriteBack()
     if not fetches:
-        return 0, set()
+        return result
     with transaction.atomic():
         rows = list(
-            _locked(Device.objects.filter(pk__in=list(fetches))).only(
+            Device.objects.filter(pk__in=list(fetches))
+            .select_related("fleet")
+            .select_for_update(of=("self",), skip_locked=True)
+            .order_by("pk")
+            .only(
                 "pk", "poll_interval", "fleet__poll_interval", "api_heartbeat_state", "last_api_heartbeat_at", "last_seen_at"
             )
         )
-        online = {d.pk for d in rows if d.api_heartbeat_state == HeartbeatState.ONLINE}
+        result.online = {d.pk for d in rows if d.api_heartbeat_state == HeartbeatState.ONLINE}
+        not_locked = set(fetches) - {d.pk for d in rows}
+        if not_locked:
+            # Skipped because locked, or gone (a deleted device): only the former waits for next time.
+            result.busy = set(Device.objects.filter(pk__in=not_locked).values_list("pk", flat=True))
         values = []
         for d in rows:
             seen = fetches[d.pk]
-            if d.pk not in online or (d.last_api_heartbeat_at is not None and d.last_api_heartbeat_at >= seen):
+            if d.pk not in result.online or (d.last_api_heartbeat_at is not None and d.last_api_heartbeat_at >= seen):
                 continue
             deadline = seen + heartbeat_window(d.effective_poll_interval)
             last_seen = seen if d.last_seen_at is None else max(d.last_seen_at, seen)
             values.append((d.pk, seen, deadline, last_seen))
         _update_heartbeat_times(values)
-    return len(values), online
+    result.updated = len(values)
+    return result
 
 
 def _update_heartbeat_times(values: list[tuple[int, datetime, datetime, datetime]]) -> None:

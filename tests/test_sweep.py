@@ -314,6 +314,45 @@ def test_write_back_keeps_a_fetch_that_arrives_meanwhile(make_device, monkeypatc
     assert reload(d).last_api_heartbeat_at == T0 + timedelta(minutes=6)
 
 
+@pytest.mark.postgres
+@pytest.mark.redis
+@pytest.mark.django_db(transaction=True)
+def test_write_back_skips_a_row_another_transaction_holds(make_device):
+    """It never waits for a lock (no deadlock with a request); the held row's entry waits for the next run."""
+    from django.db import transaction
+
+    hb = heartbeats.store()
+    held, free = make_device(at=T0), make_device(at=T0)
+    for d in (held, free):
+        heartbeats.record_fetch(reload(d), at=T0)
+        heartbeats.record_fetch(reload(d), at=T0 + timedelta(minutes=1))  # Redis only
+    locked, release = threading.Event(), threading.Event()
+
+    def hold_the_row():
+        try:
+            with transaction.atomic():
+                Device.objects.select_for_update().get(pk=held.pk)
+                locked.set()
+                release.wait(timeout=30)
+        finally:
+            connections.close_all()
+
+    holder = threading.Thread(target=hold_the_row)
+    holder.start()
+    try:
+        assert locked.wait(timeout=30)
+        assert hb.write_back() == 1
+    finally:
+        release.set()
+        holder.join(timeout=30)
+    assert reload(free).last_api_heartbeat_at == T0 + timedelta(minutes=1)
+    assert reload(held).last_api_heartbeat_at == T0
+    assert hb.client.hexists(heartbeats.SEEN, held.pk) and not hb.client.hexists(heartbeats.SEEN, free.pk)
+    assert hb.client.zscore(heartbeats.ONLINE, held.pk) is not None
+    assert hb.write_back() == 1
+    assert reload(held).last_api_heartbeat_at == T0 + timedelta(minutes=1)
+
+
 @db
 @pytest.mark.redis
 def test_write_back_drops_set_members_the_database_does_not_have_online(make_device):
