@@ -307,11 +307,14 @@ def test_j4_tunnel_drop_shows_heartbeat_only_with_footnote(world, page: Page, lo
 
     login()
     expect_badge(page, device, "online")
+    # The tab title carries the number of devices not Online: none yet.
+    expect(page).to_have_title(re.compile(r"^Devices\b"))
     mark_document(page)
 
     world.tunnel.disconnect(device)  # e.g. a firewall starts dropping VPN traffic
     expect_badge(page, device, "online-heartbeat-only", timeout=LIVE_TIMEOUT_MS)
     expect(badge(page, device)).to_contain_text("²")
+    expect(page).to_have_title(re.compile(r"^\(1\) Devices\b"))
     note = footnote(page, "²")
     expect(note).to_have_count(1)
     expect(note).to_be_visible()
