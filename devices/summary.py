@@ -186,7 +186,7 @@ def _signals(device: Device, interval: int, deadline: datetime | None, now: date
         signals.append(Signal("Provisioning", "Nothing in progress", ok=True))
 
     hb = HeartbeatState(device.api_heartbeat_state)
-    hb_detail = f"Polls every {interval} s ({interval_source(device)}); the deadline is the last fetch + {interval} s × {settings.FLEETSTATUS_HEARTBEAT_TOLERANCE:g}."
+    hb_detail = f"Polls every {interval} s ({interval_source(device)}); each fetch sets the deadline to its time + {interval} s × {settings.FLEETSTATUS_HEARTBEAT_TOLERANCE:g}."
     signals.append(
         Signal(
             "Target-state fetch (heartbeat)",

@@ -21,7 +21,7 @@ from django.shortcuts import render, resolve_url
 from django.urls import reverse
 from django.utils import timezone
 from django.utils.cache import patch_cache_control, patch_vary_headers
-from django.views.decorators.http import require_GET
+from django.views.decorators.http import require_safe
 
 from devices.models import Device
 from devices.queries import (
@@ -66,7 +66,7 @@ def dashboard_view(view: Callable[..., HttpResponse]) -> Callable[..., HttpRespo
         patch_cache_control(response, private=True, no_cache=True)
         return response
 
-    return require_GET(wrapped)
+    return require_safe(wrapped)
 
 
 def is_fragment_request(request: HttpRequest) -> bool:

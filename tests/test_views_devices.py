@@ -471,3 +471,8 @@ def test_device_and_fleet_names_are_escaped(owner_client, make_device, fleet):
     assert "&lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt;" in page
     summary = html(owner_client.get(f"/devices/{d.uuid}/"))
     assert "<script>alert" not in summary and "<b>fleet</b>" not in summary
+
+
+def test_only_safe_methods(owner_client):
+    assert owner_client.head(URL).status_code == 200
+    assert owner_client.post(URL).status_code == 405

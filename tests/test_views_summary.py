@@ -99,7 +99,7 @@ def test_why_panel_deadline_and_when_it_turns_offline(owner_client, make_device)
         response = owner_client.get(url(d))
     why = section(response, "why")
     # 600 s default interval x 1.5 = deadline 15 min after the last fetch.
-    assert "Polls every 600 s (the default); the deadline is the last fetch + 600 s × 1.5." in text(why)
+    assert "Polls every 600 s (the default); each fetch sets the deadline to its time + 600 s × 1.5." in text(why)
     assert "Last fetch 2026-01-10 00:00:00 UTC (5 min ago)" in text(why)
     assert "Deadline 2026-01-10 00:15:00 UTC (in 10 min)" in text(why)
     assert "Turns Offline at 2026-01-10 00:15:00 UTC (in 10 min)" in text(why)
