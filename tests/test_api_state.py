@@ -143,6 +143,29 @@ def test_steady_state_fetch_through_the_real_heartbeat_path(client, make_device,
     assert StatusTransition.objects.filter(device=device).count() == 2  # registered, first fetch
 
 
+@pytest.mark.redis
+def test_steady_state_fetch_with_redis_writes_nothing_to_the_database(client, make_device):
+    """Issue #3: with Redis, a fetch by a device already online is one read and zero writes."""
+    from django.db import connection
+    from django.test import TestCase
+    from django.test.utils import CaptureQueriesContext
+
+    device = make_device()
+    # The first fetch is a transition (written to the database); the device joins Redis's online
+    # set after commit, which the test transaction only simulates.
+    with TestCase.captureOnCommitCallbacks(execute=True):
+        assert fetch(client, device).status_code == 200
+    for minute in (1, 2, 3):
+        with CaptureQueriesContext(connection) as queries:
+            assert fetch(client, device, at=T0 + timedelta(minutes=minute)).status_code == 200
+        sql = [q["sql"].lstrip().upper() for q in queries.captured_queries]
+        assert len(sql) == 1 and sql[0].startswith("SELECT"), sql
+    device.refresh_from_db()
+    assert device.overall_status == Status.ONLINE_HEARTBEAT_ONLY
+    assert device.last_api_heartbeat_at == T0  # later fetches live in Redis until the sweep writes them back
+    assert heartbeats.store().client.hget(heartbeats.SEEN, device.pk) is not None
+
+
 @pytest.mark.parametrize(
     "auth",
     [None, "", "Token abc", "Bearer", "Bearer " + "0" * 64],
