@@ -49,10 +49,27 @@ NULLABLE_SORT_FIELDS = {"last_seen_at"}
 # The columns the Devices table shows (and the badge reads): loading the other ~40 of every row
 # would cost more than rendering it.
 ROW_FIELDS: tuple[str, ...] = (
-    "uuid", "name", "overall_status", "frozen_reason", "download_progress", "provisioning_progress",
-    "organization_id", "fleet__name", "fleet__slug", "fleet__cloudlink_enabled", "device_type", "os_version", "release",
-    "ip_address", "last_seen_at", "api_heartbeat_state", "last_api_heartbeat_at", "is_connected_to_vpn",
-    "last_vpn_event", "last_connectivity_event", "cloudlink_enabled",
+    "uuid",
+    "name",
+    "overall_status",
+    "frozen_reason",
+    "download_progress",
+    "provisioning_progress",
+    "organization_id",
+    "fleet__name",
+    "fleet__slug",
+    "fleet__cloudlink_enabled",
+    "device_type",
+    "os_version",
+    "release",
+    "ip_address",
+    "last_seen_at",
+    "api_heartbeat_state",
+    "last_api_heartbeat_at",
+    "is_connected_to_vpn",
+    "last_vpn_event",
+    "last_connectivity_event",
+    "cloudlink_enabled",
 )
 
 SLUG_RE = re.compile(r"^[-a-zA-Z0-9_]{1,50}$")
@@ -212,7 +229,9 @@ def order_devices(devices: QuerySet[Device], query: DeviceQuery) -> QuerySet[Dev
     for name in (*fields, "pk"):
         expression = F(name)
         nulls_last = True if name in NULLABLE_SORT_FIELDS else None
-        ordering.append(expression.desc(nulls_last=nulls_last) if query.descending else expression.asc(nulls_last=nulls_last))
+        ordering.append(
+            expression.desc(nulls_last=nulls_last) if query.descending else expression.asc(nulls_last=nulls_last)
+        )
     return devices.order_by(*ordering)
 
 

@@ -155,7 +155,9 @@ def _offline_prediction(device: Device, after_expiry: Status | None, deadline_pa
             "it turns Offline once its tunnel is down too."
         )
     if device.is_connected_to_vpn:
-        return "Its heartbeat has expired already; it turns Offline as soon as the tunnel server reports the tunnel down."
+        return (
+            "Its heartbeat has expired already; it turns Offline as soon as the tunnel server reports the tunnel down."
+        )
     if status == Status.CONFIGURING:
         return "It has not connected yet, so no deadline is running; it stays Configuring until it does."
     return "No heartbeat deadline is running: it has not fetched its target state since it last went silent."
@@ -167,7 +169,9 @@ def _signals(device: Device, interval: int, deadline: datetime | None, now: date
         Signal(
             "Active",
             "Yes" if device.is_active else "No",
-            "Counts toward the organization's allowance." if device.is_active else "Deactivated or preregistered: shown as Inactive.",
+            "Counts toward the organization's allowance."
+            if device.is_active
+            else "Deactivated or preregistered: shown as Inactive.",
             ok=device.is_active,
         )
     )
@@ -193,7 +197,10 @@ def _signals(device: Device, interval: int, deadline: datetime | None, now: date
             {"online": "Online", "offline": "Offline (expired)", "unknown": "Never fetched"}[hb.value],
             hb_detail,
             ok=hb == HeartbeatState.ONLINE and not (deadline and deadline <= now),
-            times={"last fetch": device.last_api_heartbeat_at, "deadline": deadline if hb == HeartbeatState.ONLINE else None},
+            times={
+                "last fetch": device.last_api_heartbeat_at,
+                "deadline": deadline if hb == HeartbeatState.ONLINE else None,
+            },
         )
     )
 
@@ -205,7 +212,11 @@ def _signals(device: Device, interval: int, deadline: datetime | None, now: date
         tunnel_value = "Not connected" if device.last_connectivity_event else "Never connected"
         tunnel_ok = False if cloudlink else None
         tunnel_times = {"last connected": device.last_vpn_event}
-    tunnel_detail = "Cloudlink is on for this device." if cloudlink else "Cloudlink is switched off for this device: a missing tunnel is expected."
+    tunnel_detail = (
+        "Cloudlink is on for this device."
+        if cloudlink
+        else "Cloudlink is switched off for this device: a missing tunnel is expected."
+    )
     tunnel_times["last tunnel event"] = device.last_connectivity_event
     signals.append(Signal("Cloudlink tunnel", tunnel_value, tunnel_detail, ok=tunnel_ok, times=tunnel_times))
 
@@ -213,9 +224,18 @@ def _signals(device: Device, interval: int, deadline: datetime | None, now: date
         label = UpdateStatus(device.update_status).label
         progress = f" at {device.download_progress}%" if device.download_progress is not None else ""
         update_ok = {"rejected": False, "aborted": False, "done": True}.get(device.update_status)
-        signals.append(Signal("Release update", f"{label}{progress}", f"Agent status: {device.status or 'not reported'}.", ok=update_ok))
+        signals.append(
+            Signal(
+                "Release update",
+                f"{label}{progress}",
+                f"Agent status: {device.status or 'not reported'}.",
+                ok=update_ok,
+            )
+        )
     else:
-        signals.append(Signal("Release update", "None reported", f"Agent status: {device.status or 'not reported'}.", ok=None))
+        signals.append(
+            Signal("Release update", "None reported", f"Agent status: {device.status or 'not reported'}.", ok=None)
+        )
     return signals
 
 
@@ -318,8 +338,16 @@ def uptime(device: Device, now: datetime, current_status: str) -> list[Uptime]:
             sums[f"w{i}"] = Sum(ExpressionWrapper(diff, output_field=DurationField()), filter=Q(at__gt=start))
         return sums
 
-    leaving = in_window.values(status=F("from_status")).annotate(**offsets(+1)).values_list("status", *[f"w{i}" for i in range(len(UPTIME_WINDOWS))])
-    entering = in_window.values(status=F("to_status")).annotate(**offsets(-1)).values_list("status", *[f"w{i}" for i in range(len(UPTIME_WINDOWS))])
+    leaving = (
+        in_window.values(status=F("from_status"))
+        .annotate(**offsets(+1))
+        .values_list("status", *[f"w{i}" for i in range(len(UPTIME_WINDOWS))])
+    )
+    entering = (
+        in_window.values(status=F("to_status"))
+        .annotate(**offsets(-1))
+        .values_list("status", *[f"w{i}" for i in range(len(UPTIME_WINDOWS))])
+    )
     totals: list[dict[str, float]] = [dict() for _ in UPTIME_WINDOWS]
     for status, *sums in leaving.union(entering, all=True):
         for i, value in enumerate(sums):

@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import csv
 from collections.abc import Callable, Iterator
-from datetime import datetime
-from datetime import timezone as dt_timezone
+from datetime import UTC, datetime
 from functools import wraps
 from urllib.parse import urlencode
 
@@ -23,7 +22,6 @@ from django.utils import timezone
 from django.utils.cache import patch_cache_control, patch_vary_headers
 from django.views.decorators.http import require_safe
 
-from devices.models import Device
 from devices.queries import (
     ROW_FIELDS,
     SORTS,
@@ -202,7 +200,7 @@ def _cell(value: object) -> object:
     if value is None:
         return ""
     if isinstance(value, datetime):
-        return value.astimezone(dt_timezone.utc).isoformat(timespec="seconds")
+        return value.astimezone(UTC).isoformat(timespec="seconds")
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, str) and value[:1] in ("=", "+", "-", "@", "\t", "\r"):
@@ -240,9 +238,7 @@ def device_export(request: HttpRequest) -> StreamingHttpResponse:
 @dashboard_view
 def device_detail(request: HttpRequest, uuid: str) -> HttpResponse:
     organizations = user_organizations(request)
-    device = (
-        scoped_devices(organizations).select_related("fleet", "organization").filter(uuid=uuid.lower()).first()
-    )
+    device = scoped_devices(organizations).select_related("fleet", "organization").filter(uuid=uuid.lower()).first()
     if device is None:
         raise Http404("No such device in your organizations.")
     now = timezone.now()

@@ -7,7 +7,6 @@ from the same rows, so the page runs the same few queries for 3 fleets or 1,000.
 from __future__ import annotations
 
 from collections import Counter
-
 from urllib.parse import urlencode
 
 from django.http import HttpRequest, HttpResponse
@@ -39,9 +38,7 @@ def fleet_list(request: HttpRequest) -> HttpResponse:
     slug_uses = Counter(f.slug for f in fleets)
     devices_url = reverse("devices:list")
 
-    sections = {
-        org.pk: {"org": org, "fleets": [], "counts": dict.fromkeys(STATUS_SLUGS, 0)} for org in organizations
-    }
+    sections = {org.pk: {"org": org, "fleets": [], "counts": dict.fromkeys(STATUS_SLUGS, 0)} for org in organizations}
     for fleet in fleets:
         fleet_counts = counts.get(fleet.pk) or dict.fromkeys(STATUS_SLUGS, 0)
         section = sections[fleet.organization_id]
@@ -52,7 +49,12 @@ def fleet_list(request: HttpRequest) -> HttpResponse:
         # links each is most of this page's rendering time otherwise.
         href = f"{devices_url}?{urlencode({'fleet': param}, safe='/')}"
         section["fleets"].append(
-            {"fleet": fleet, "href": href, "total": sum(fleet_counts.values()), "segments": _segments(fleet_counts, href)}
+            {
+                "fleet": fleet,
+                "href": href,
+                "total": sum(fleet_counts.values()),
+                "segments": _segments(fleet_counts, href),
+            }
         )
     total = online = 0
     for section in sections.values():

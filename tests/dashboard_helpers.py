@@ -24,12 +24,20 @@ def signals_for(status: str, now: datetime, interval: int = 600) -> dict:
         "last_seen_at": now,
     }
     vpn = {"is_connected_to_vpn": True, "last_vpn_event": now, "last_connectivity_event": now}
-    no_vpn = {"is_connected_to_vpn": False, "last_vpn_event": now - timedelta(hours=1), "last_connectivity_event": now - timedelta(hours=1)}
+    no_vpn = {
+        "is_connected_to_vpn": False,
+        "last_vpn_event": now - timedelta(hours=1),
+        "last_connectivity_event": now - timedelta(hours=1),
+    }
     return {
         Status.ONLINE: {**hb, **vpn},
         Status.ONLINE_VPN_ONLY: {**vpn, "api_heartbeat_state": HeartbeatState.OFFLINE, "last_seen_at": now},
         Status.ONLINE_HEARTBEAT_ONLY: {**hb, **no_vpn},
-        Status.OFFLINE: {**no_vpn, "api_heartbeat_state": HeartbeatState.OFFLINE, "last_seen_at": now - timedelta(hours=1)},
+        Status.OFFLINE: {
+            **no_vpn,
+            "api_heartbeat_state": HeartbeatState.OFFLINE,
+            "last_seen_at": now - timedelta(hours=1),
+        },
         Status.CONFIGURING: {},
         Status.UPDATING: {**hb, **vpn, "update_status": UpdateStatus.DOWNLOADING, "download_progress": 42},
         Status.POST_PROVISIONING: {"provisioning_state": "Post-Provisioning", "provisioning_progress": 80},
@@ -45,7 +53,8 @@ def device_in(make_device, status: str, *, name: str = "", fleet=None, at: datet
     if status == Status.FROZEN:
         device = make_device(fleet, name=name, at=at)
         paid, _ = Fleet.objects.get_or_create(
-            organization=device.organization, slug="paid-signage",
+            organization=device.organization,
+            slug="paid-signage",
             defaults={"name": "Paid signage", "fleet_type": Tier.PAID, "device_type": "generic-amd64"},
         )
         services.move_device(device, paid, reason="test setup", at=at)
@@ -79,7 +88,10 @@ def title(response) -> str:
 
 
 def notices(response) -> list[str]:
-    return [unescape(re.sub(r"<[^>]+>", "", n)).strip() for n in re.findall(r'<p class="notice"[^>]*>(.*?)</p>', html(response), re.S)]
+    return [
+        unescape(re.sub(r"<[^>]+>", "", n)).strip()
+        for n in re.findall(r'<p class="notice"[^>]*>(.*?)</p>', html(response), re.S)
+    ]
 
 
 def badge(response, uuid: str) -> str:
@@ -91,7 +103,9 @@ def badge(response, uuid: str) -> str:
     return cell.group(1)
 
 
-BLOCK_TAG = re.compile(r"</?(?:div|p|dt|dd|td|th|tr|li|h\d|br|section|header|ul|ol|dl|table|caption|thead|tbody)\b[^>]*>")
+BLOCK_TAG = re.compile(
+    r"</?(?:div|p|dt|dd|td|th|tr|li|h\d|br|section|header|ul|ol|dl|table|caption|thead|tbody)\b[^>]*>"
+)
 
 
 def text(markup: str) -> str:

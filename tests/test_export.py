@@ -32,7 +32,9 @@ def test_anonymous_is_sent_to_login(anon_client):
 
 
 def test_headers_and_columns(owner_client, make_device, fleet, org):
-    d = device_in(make_device, "online-heartbeat-only", name="gate", os_version="balenaOS 6.0.13", ip_address="10.0.3.17")
+    d = device_in(
+        make_device, "online-heartbeat-only", name="gate", os_version="balenaOS 6.0.13", ip_address="10.0.3.17"
+    )
     response = owner_client.get(URL)
     assert response.status_code == 200
     assert response["Content-Type"] == "text/csv; charset=utf-8"
@@ -91,9 +93,9 @@ def test_malformed_params_export_the_unfiltered_view(owner_client, make_device):
 
 
 def test_spreadsheet_formulas_are_neutralised(owner_client, make_device):
-    device_in(make_device, "online", name="=HYPERLINK(\"http://evil\")", os_version="+1", release="@SUM(A1)")
+    device_in(make_device, "online", name='=HYPERLINK("http://evil")', os_version="+1", release="@SUM(A1)")
     [row] = rows_of(owner_client.get(URL))
-    assert row["name"] == "'=HYPERLINK(\"http://evil\")"
+    assert row["name"] == '\'=HYPERLINK("http://evil")'
     assert row["os_version"] == "'+1" and row["release"] == "'@SUM(A1)"
 
 

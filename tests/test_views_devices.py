@@ -16,7 +16,18 @@ from devices.models import TaskRun
 from devices.queries import PAGE_SIZE, SORTS
 from devices.status import Status
 from fleets.models import Membership
-from tests.dashboard_helpers import badge, device_in, signals_for, html, notices, one_of_each, row_uuids, status_counts, text, title
+from tests.dashboard_helpers import (
+    badge,
+    device_in,
+    html,
+    notices,
+    one_of_each,
+    row_uuids,
+    signals_for,
+    status_counts,
+    text,
+    title,
+)
 
 URL = "/devices/"
 LABELS = {s.value: s.label for s in Status}
@@ -96,7 +107,10 @@ def test_every_status_has_its_badge_label_marker_and_count(owner_client, make_de
         assert '<svg class="badge__icon badge__icon--' + slug in cell and 'aria-hidden="true"' in cell
         label = text(cell)
         assert label.startswith(LABELS[slug])
-    assert "<sup" in badge(response, devices["online-vpn-only"].uuid) and text(badge(response, devices["online-vpn-only"].uuid)) == "Online (VPN Only)¹"
+    assert (
+        "<sup" in badge(response, devices["online-vpn-only"].uuid)
+        and text(badge(response, devices["online-vpn-only"].uuid)) == "Online (VPN Only)¹"
+    )
     assert text(badge(response, devices["online-heartbeat-only"].uuid)) == "Online (Heartbeat Only)²"
     assert "<sup" not in badge(response, devices["online"].uuid)
 
@@ -111,8 +125,12 @@ def test_each_status_icon_has_a_distinct_shape():
 def test_progress_bars_for_updating_configuring_and_post_provisioning(owner_client, make_device):
     updating = device_in(make_device, "updating", name="u", download_progress=37)
     configuring = device_in(
-        make_device, "configuring", name="c", **signals_for("online", timezone.now()),
-        provisioning_state="Running OS update", provisioning_progress=65,
+        make_device,
+        "configuring",
+        name="c",
+        **signals_for("online", timezone.now()),
+        provisioning_state="Running OS update",
+        provisioning_progress=65,
     )
     post = device_in(make_device, "post-provisioning", name="p")
     no_progress = device_in(make_device, "configuring", name="never-connected")
@@ -137,13 +155,17 @@ def test_frozen_badge_carries_its_reason_and_rows_are_tinted_or_faded(owner_clie
 def test_row_columns(owner_client, make_device, fleet):
     now = timezone.now()
     d = device_in(
-        make_device, "online-heartbeat-only", name="gate-a12", os_version="balenaOS 6.0.13", release="8f3e2b1deadbeef",
+        make_device,
+        "online-heartbeat-only",
+        name="gate-a12",
+        os_version="balenaOS 6.0.13",
+        release="8f3e2b1deadbeef",
         ip_address="10.0.3.17 192.168.1.4",
     )
     response = owner_client.get(URL)
     row = re.search(rf'<tr data-uuid="{d.uuid}".*?</tr>', html(response), re.S).group(0)
     assert f'<a href="/devices/{d.uuid}/">gate-a12</a>' in row
-    assert f"<code title=\"{d.uuid}\">{d.uuid[:7]}</code>" in row
+    assert f'<code title="{d.uuid}">{d.uuid[:7]}</code>' in row
     assert fleet.name in row and "raspberrypi4-64" in row and "balenaOS 6.0.13" in row
     assert '<code title="8f3e2b1deadbeef">8f3e2b1de…</code>' in row
     assert "10.0.3.17" in row and "+1" in row
@@ -152,7 +174,10 @@ def test_row_columns(owner_client, make_device, fleet):
     cloudlink = re.search(r'<td class="col-cloudlink">(.*?)</td>', row, re.S).group(1)
     assert "Not connected" in cloudlink and "last up" in cloudlink and "1 h ago" in cloudlink
     last_seen = re.search(r'<td class="col-last_seen">(.*?)</td>', row, re.S).group(1)
-    assert re.search(r'<time datetime="[^"]+" title="\d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC" data-rel="ago">(just now|\d+ s ago)</time>', last_seen)
+    assert re.search(
+        r'<time datetime="[^"]+" title="\d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC" data-rel="ago">(just now|\d+ s ago)</time>',
+        last_seen,
+    )
     assert now.tzinfo is not None
 
 
@@ -171,7 +196,10 @@ def test_footnotes_explain_both_markers_and_power_loss(owner_client, make_device
     device_in(make_device, "online-heartbeat-only")
     page = text(html(owner_client.get(URL)))
     assert "¹ Online (VPN Only): the tunnel is up" in page and "Remote SSH still works" in page
-    assert "² Online (Heartbeat Only): the device fetches its target state on time but its cloudlink tunnel is down" in page
+    assert (
+        "² Online (Heartbeat Only): the device fetches its target state on time but its cloudlink tunnel is down"
+        in page
+    )
     assert "loses power or all network keeps showing Online (Heartbeat Only)" in page
 
 
@@ -255,7 +283,9 @@ def test_fleet_filter_with_counts_for_that_fleet(owner_client, make_device, make
     assert 'value="sensors" selected' in html(response)
 
 
-def test_fleet_choices_name_the_organization_when_the_user_has_several(owner, owner_client, other_org, make_fleet, fleet):
+def test_fleet_choices_name_the_organization_when_the_user_has_several(
+    owner, owner_client, other_org, make_fleet, fleet
+):
     Membership.objects.create(user=owner, organization=other_org)
     make_fleet(other_org, "kiosks")
     page = html(owner_client.get(URL))
@@ -263,7 +293,12 @@ def test_fleet_choices_name_the_organization_when_the_user_has_several(owner, ow
     assert '<option value="contoso/kiosks">Contoso / Kiosks</option>' in page
     assert 'value="contoso/kiosks" selected' in html(owner_client.get(URL, {"fleet": "contoso/kiosks"}))
     # A bare slug both organizations use shows both fleets' devices, and selects neither.
-    assert " selected" not in html(owner_client.get(URL, {"fleet": "kiosks"})).split('id="filter-fleet"', 1)[1].split("</select>", 1)[0]
+    assert (
+        " selected"
+        not in html(owner_client.get(URL, {"fleet": "kiosks"}))
+        .split('id="filter-fleet"', 1)[1]
+        .split("</select>", 1)[0]
+    )
 
 
 def test_malformed_fleet_gives_a_notice_and_all_fleets(owner_client, make_device):
@@ -304,14 +339,44 @@ def test_every_sort_key_both_directions(owner_client, make_device, make_fleet, o
     base = timezone.now()
     other_fleet_of_org, _ = make_fleet(org, "aaa-first")
     made = [
-        device_in(make_device, "online", name="bravo", os_version="2.0", release="r2", ip_address="10.0.0.2", device_type="b", at=base - timedelta(minutes=3)),
-        device_in(make_device, "offline", name="alpha", os_version="3.0", release="r3", ip_address="10.0.0.3", device_type="c", at=base - timedelta(minutes=1), fleet=other_fleet_of_org),
-        device_in(make_device, "online-heartbeat-only", name="charlie", os_version="1.0", release="r1", ip_address="10.0.0.1", device_type="a", at=base - timedelta(minutes=2)),
+        device_in(
+            make_device,
+            "online",
+            name="bravo",
+            os_version="2.0",
+            release="r2",
+            ip_address="10.0.0.2",
+            device_type="b",
+            at=base - timedelta(minutes=3),
+        ),
+        device_in(
+            make_device,
+            "offline",
+            name="alpha",
+            os_version="3.0",
+            release="r3",
+            ip_address="10.0.0.3",
+            device_type="c",
+            at=base - timedelta(minutes=1),
+            fleet=other_fleet_of_org,
+        ),
+        device_in(
+            make_device,
+            "online-heartbeat-only",
+            name="charlie",
+            os_version="1.0",
+            release="r1",
+            ip_address="10.0.0.1",
+            device_type="a",
+            at=base - timedelta(minutes=2),
+        ),
     ]
     from devices.models import Device
 
     fields = SORTS[key][1]
-    expected = list(Device.objects.filter(pk__in=[d.pk for d in made]).order_by(*fields, "pk").values_list("uuid", flat=True))
+    expected = list(
+        Device.objects.filter(pk__in=[d.pk for d in made]).order_by(*fields, "pk").values_list("uuid", flat=True)
+    )
     asc = owner_client.get(URL, {"sort": key})
     desc = owner_client.get(URL, {"sort": f"-{key}"})
     assert asc.status_code == desc.status_code == 200
@@ -355,7 +420,8 @@ def test_unknown_sort_gives_a_notice_and_the_default_order(owner_client, make_de
 def many(make_device):
     now = timezone.now()
     return [
-        device_in(make_device, "online", name=f"dev-{i:03d}", at=now - timedelta(seconds=i)) for i in range(PAGE_SIZE + 7)
+        device_in(make_device, "online", name=f"dev-{i:03d}", at=now - timedelta(seconds=i))
+        for i in range(PAGE_SIZE + 7)
     ]
 
 
@@ -366,7 +432,9 @@ def test_pages_partition_the_filtered_sorted_view(owner_client, many):
     assert row_uuids(first) == expected[:PAGE_SIZE]
     assert row_uuids(second) == expected[PAGE_SIZE:]
     assert f"Showing 1–{PAGE_SIZE} of {len(many)} devices" in html(first)
-    assert f"Showing {PAGE_SIZE + 1}–{len(many)} of {len(many)} devices" in html(first.client.get(URL, {"sort": "-name", "page": 2}))
+    assert f"Showing {PAGE_SIZE + 1}–{len(many)} of {len(many)} devices" in html(
+        first.client.get(URL, {"sort": "-name", "page": 2})
+    )
     # Next keeps sort; the page links are real hrefs.
     assert 'rel="next" href="?sort=-name&amp;page=2"' in html(first)
     assert 'rel="prev" href="?sort=-name&amp;page=1"' in html(second)
@@ -397,8 +465,12 @@ def test_htmx_poll_renders_the_fragment_only(owner_client, make_device):
     assert body.lstrip().startswith("<title>(1) Devices · fleetstatus</title>")
     assert row_uuids(fragment) == [d.uuid]
     assert 'id="sweep-health"' in body and 'hx-swap-oob="true"' in body
+
     # The same fragment as in the full page: the live region is identical but for the clock.
-    live = lambda r: re.sub(r"<time[^>]*>[^<]*</time>|data-server-now=\"[^\"]+\"", "", re.search(r'<div id="live".*?\n</div>', html(r), re.S).group(0))  # noqa: E731
+    def live(response) -> str:
+        region = re.search(r'<div id="live".*?\n</div>', html(response), re.S).group(0)
+        return re.sub(r"<time[^>]*>[^<]*</time>|data-server-now=\"[^\"]+\"", "", region)
+
     assert live(fragment) == live(full)
     # It polls its own URL (filters kept) and swaps itself.
     assert 'hx-get="/devices/?status=offline"' in body and 'hx-select="#live"' in body

@@ -58,7 +58,7 @@ def test_fleet_cards_with_counts_links_and_bar(owner_client, make_device, make_f
     segments = re.findall(r'class="stackbar__seg seg--([a-z-]+)" style="flex-grow: (\d+)"', kiosks)
     assert segments == [("online", "2"), ("online-heartbeat-only", "1"), ("offline", "1")]
     # Legend labels carry the footnote marker of the partial states.
-    assert "Online (Heartbeat Only)<sup aria-hidden=\"true\">²</sup>" in kiosks
+    assert 'Online (Heartbeat Only)<sup aria-hidden="true">²</sup>' in kiosks
     assert counts_in(card(response, "sensors")) == {"updating": 1}
     assert "No devices yet." in card(response, "empty")
     assert title(response) == "(3) Fleets · fleetstatus"
@@ -103,7 +103,9 @@ def test_only_the_users_organizations(owner_client, make_device, other_fleet, ot
     assert 'data-fleet="robots"' not in page and other_org.name not in page
 
 
-def test_same_fleet_slug_in_two_organizations_links_each_to_its_own(owner, owner_client, make_device, make_fleet, other_org):
+def test_same_fleet_slug_in_two_organizations_links_each_to_its_own(
+    owner, owner_client, make_device, make_fleet, other_org
+):
     Membership.objects.create(user=owner, organization=other_org)
     twin, _ = make_fleet(other_org, "kiosks")
     mine = device_in(make_device, "online", name="mine")
@@ -129,7 +131,7 @@ def test_htmx_poll_renders_the_fragment_only(owner_client, make_device):
     body = html(response)
     assert body.lstrip().startswith("<title>(1) Fleets · fleetstatus</title>")
     assert '<div id="live"' in body and 'data-fleet="kiosks"' in body
-    assert "<html" not in body and "<header class=\"topbar\"" not in body
+    assert "<html" not in body and '<header class="topbar"' not in body
 
 
 FLEETS_QUERIES = 6  # session, user, memberships, fleets, devices grouped by fleet and status, dead-man's switch

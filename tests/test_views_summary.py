@@ -105,7 +105,9 @@ def test_why_panel_deadline_and_when_it_turns_offline(owner_client, make_device)
     assert "Turns Offline at 2026-01-10 00:15:00 UTC (in 10 min)" in text(why)
     assert "It turns Offline at its heartbeat deadline unless a target-state fetch arrives before then." in text(why)
     # The tunnel is the signal pulling it down.
-    assert re.search(r'signal-row--bad">\s*<th scope="row">.*?Cloudlink tunnel</th>\s*<td>Not connected</td>', why, re.S)
+    assert re.search(
+        r'signal-row--bad">\s*<th scope="row">.*?Cloudlink tunnel</th>\s*<td>Not connected</td>', why, re.S
+    )
 
 
 def test_why_panel_with_a_tunnel_predicts_vpn_only(owner_client, make_device):
@@ -181,8 +183,15 @@ def _timeline(make_device):
     d = device_in(make_device, "configuring", name="tl", at=T0)
     services.update_device(d, signals_for("online", T0 + H), reason="came online", at=T0 + H)
     t = T0 + 13 * H
-    services.update_device(d, {"is_connected_to_vpn": False, "last_vpn_event": t, "last_connectivity_event": t}, reason="tunnel dropped", at=t)
-    services.update_device(d, {"api_heartbeat_state": HeartbeatState.OFFLINE}, reason="heartbeat expired", at=T0 + 15 * H)
+    services.update_device(
+        d,
+        {"is_connected_to_vpn": False, "last_vpn_event": t, "last_connectivity_event": t},
+        reason="tunnel dropped",
+        at=t,
+    )
+    services.update_device(
+        d, {"api_heartbeat_state": HeartbeatState.OFFLINE}, reason="heartbeat expired", at=T0 + 15 * H
+    )
     services.update_device(d, signals_for("online", T0 + 16 * H), reason="back", at=T0 + 16 * H)
     d.refresh_from_db()
     return d
@@ -208,7 +217,9 @@ def _bulk_history(device, n: int, start: datetime, step: timedelta) -> None:
     previous = device.overall_status
     for i in range(n):
         to = Status.OFFLINE if i % 2 == 0 else Status.ONLINE
-        rows.append(StatusTransition(device=device, from_status=previous, to_status=to, at=start + i * step, reason="flap"))
+        rows.append(
+            StatusTransition(device=device, from_status=previous, to_status=to, at=start + i * step, reason="flap")
+        )
         previous = to
     StatusTransition.objects.bulk_create(rows)
 
@@ -310,15 +321,37 @@ def test_uptime_query_reads_only_the_window(make_device):
 
 def test_details(owner_client, make_device, fleet, org):
     d = device_in(
-        make_device, "online", name="d", os_version="balenaOS 6.0.13", os_variant="prod", supervisor_version="16.7.1",
-        release="8f3e2b1", ip_address="10.0.3.17 fe80::1", mac_address="dc:a6:32:00:11:22", cpu_usage=12, cpu_temp=51,
-        memory_usage=512, memory_total=2048, storage_usage=3000, storage_total=30000, at=T0,
+        make_device,
+        "online",
+        name="d",
+        os_version="balenaOS 6.0.13",
+        os_variant="prod",
+        supervisor_version="16.7.1",
+        release="8f3e2b1",
+        ip_address="10.0.3.17 fe80::1",
+        mac_address="dc:a6:32:00:11:22",
+        cpu_usage=12,
+        cpu_temp=51,
+        memory_usage=512,
+        memory_total=2048,
+        storage_usage=3000,
+        storage_total=30000,
+        at=T0,
     )
     details = text(section(owner_client.get(url(d)), "details"))
     for expected in (
-        f"Fleet {fleet.name}", f"Organization {org.name}", "Device type raspberrypi4-64", "OS balenaOS 6.0.13 (prod)",
-        "Supervisor 16.7.1", "Release 8f3e2b1", "IP addresses 10.0.3.17, fe80::1", "MAC addresses dc:a6:32:00:11:22",
-        "CPU 12 % · 51 °C", "Memory 512 MB of 2.0 GB", "Storage 2.9 GB of 29.3 GB", "Polling interval 600 s",
+        f"Fleet {fleet.name}",
+        f"Organization {org.name}",
+        "Device type raspberrypi4-64",
+        "OS balenaOS 6.0.13 (prod)",
+        "Supervisor 16.7.1",
+        "Release 8f3e2b1",
+        "IP addresses 10.0.3.17, fe80::1",
+        "MAC addresses dc:a6:32:00:11:22",
+        "CPU 12 % · 51 °C",
+        "Memory 512 MB of 2.0 GB",
+        "Storage 2.9 GB of 29.3 GB",
+        "Polling interval 600 s",
         "Activated 2026-01-10 00:00:00 UTC",
     ):
         assert expected in details, expected

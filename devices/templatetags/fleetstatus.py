@@ -7,8 +7,7 @@ the same wording as `ago()` below.
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
-from datetime import timezone as dt_timezone
+from datetime import UTC, datetime, timedelta
 from functools import lru_cache
 from html import escape as html_escape
 
@@ -120,7 +119,9 @@ def heartbeat_cell(context, device) -> SafeString:
 def cloudlink_cell(context, device) -> SafeString:
     """Connected (for how long) / not connected (last up when) / never / switched off."""
     if device.is_connected_to_vpn:
-        since = format_html(' <span class="signal__since">{}</span>', reltime(context, device.last_vpn_event, "", "for"))
+        since = format_html(
+            ' <span class="signal__since">{}</span>', reltime(context, device.last_vpn_event, "", "for")
+        )
         return format_html("{}{}", _signal("yes", "online", "Connected"), since if device.last_vpn_event else "")
     if not device.effective_cloudlink:
         return _signal("off", "never", "Off", "Cloudlink is switched off for this device")
@@ -167,13 +168,15 @@ def fleet_card(card: dict, org) -> SafeString:
         )
         body = f'<div class="stackbar" aria-hidden="true">{bar}</div><ul class="legend" aria-label="{name} by status">{legend}</ul>'
     else:
-        body = '<div class="stackbar stackbar--empty" aria-hidden="true"></div><p class="muted small">No devices yet.</p>'
+        body = (
+            '<div class="stackbar stackbar--empty" aria-hidden="true"></div><p class="muted small">No devices yet.</p>'
+        )
     return mark_safe(
         f'<li class="fleet-card" data-fleet="{_esc(fleet.slug)}"><article>'
         f'<div class="fleet-card__head"><h3><a href="{_esc(card["href"])}">{name}</a></h3>'
         f'<p class="fleet-card__meta">{_esc(meta)}</p></div>{warn}'
         f'<p class="fleet-card__total"><span class="fleet-card__n" data-fleet-total="{int(total)}">{int(total)}</span> '
-        f'device{"" if total == 1 else "s"}</p>{body}</article></li>\n'
+        f"device{'' if total == 1 else 's'}</p>{body}</article></li>\n"
     )
 
 
@@ -215,7 +218,7 @@ def ago(value: datetime, now: datetime, mode: str = "ago") -> str:
 
 
 def _utc(value: datetime) -> datetime:
-    return value.astimezone(dt_timezone.utc)
+    return value.astimezone(UTC)
 
 
 def _now(context) -> datetime:
@@ -244,7 +247,9 @@ def abstime(value: datetime | None, empty: str = "—") -> SafeString:
         return format_html('<span class="muted">{}</span>', empty)
     utc = _utc(value)
     return format_html(
-        '<time datetime="{}" data-abs>{} UTC</time>', utc.isoformat(timespec="seconds"), utc.strftime("%Y-%m-%d %H:%M:%S")
+        '<time datetime="{}" data-abs>{} UTC</time>',
+        utc.isoformat(timespec="seconds"),
+        utc.strftime("%Y-%m-%d %H:%M:%S"),
     )
 
 
@@ -252,7 +257,9 @@ def abstime(value: datetime | None, empty: str = "—") -> SafeString:
 def clocktime(value: datetime) -> SafeString:
     """HH:MM:SS (UTC here; local once app.js runs)."""
     utc = _utc(value)
-    return format_html('<time datetime="{}" data-clock>{} UTC</time>', utc.isoformat(timespec="seconds"), utc.strftime("%H:%M:%S"))
+    return format_html(
+        '<time datetime="{}" data-clock>{} UTC</time>', utc.isoformat(timespec="seconds"), utc.strftime("%H:%M:%S")
+    )
 
 
 @register.filter
