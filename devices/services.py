@@ -80,6 +80,10 @@ def update_device(device: Device | int, changes: dict[str, Any], *, reason: str,
             transition.save()
         elif fields:
             locked.save(update_fields=sorted(fields))
+        if {"poll_interval", "fleet", "fleet_id"} & set(changes):
+            # The effective interval may have changed, and with it when the heartbeat goes stale.
+            _refresh_deadlines(Device.objects.filter(pk=pk))
+            locked.refresh_from_db()
         if "is_active" in changes or "fleet" in changes or "fleet_id" in changes:
             reconcile_frozen(locked.organization_id, reason=reason, at=at)
             locked.refresh_from_db()
@@ -226,10 +230,7 @@ def move_device(device: Device | int, fleet: Fleet, *, reason: str, at: datetime
     current = device if isinstance(device, Device) else Device.objects.get(pk=device)
     if fleet.organization_id != current.organization_id:
         raise DeviceChangeError("A device can only move to another fleet of its own organization.")
-    with transaction.atomic():
-        moved = update_device(current.pk, {"fleet": fleet}, reason=reason, at=at)
-        _refresh_deadlines(Device.objects.filter(pk=moved.pk))
-    return moved
+    return update_device(current.pk, {"fleet": fleet}, reason=reason, at=at)
 
 
 # --- Organization and fleet inputs -----------------------------------------------------------
@@ -574,12 +575,7 @@ def apply_admin_edit(device: Device | int, changes: dict[str, Any], *, reason: s
         if changes.get("is_active") is False and (refusal := deactivation_refusal(current)):
             raise DeviceChangeError(refusal)
         check_poll_interval(changes.get("poll_interval"))
-        updated = update_device(pk, changes, reason=reason, at=at)
-        if "fleet" in changes or "poll_interval" in changes:
-            # The effective interval may have changed, and with it when the heartbeat goes stale.
-            _refresh_deadlines(Device.objects.filter(pk=pk))
-            updated.refresh_from_db()
-    return updated
+        return update_device(pk, changes, reason=reason, at=at)
 
 
 def preregister_device(

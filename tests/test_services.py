@@ -120,3 +120,12 @@ def test_move_device_only_within_organization(make_device, make_fleet, org, othe
         services.move_device(d, other_fleet, reason="x")
     target, _ = make_fleet(org, "second")
     assert services.move_device(d, target, reason="x").fleet_id == target.pk
+
+
+def test_device_interval_override_moves_its_deadline(make_device, settings):
+    settings.FLEETSTATUS_MIN_POLL_INTERVAL = 10
+    d = services.record_heartbeat(make_device(), at=T0)
+    services.update_device(d, {"poll_interval": 40}, reason="faster")
+    assert Device.objects.get(pk=d.pk).heartbeat_deadline == T0 + timedelta(seconds=60)
+    services.update_device(d, {"poll_interval": None}, reason="back to the fleet's")
+    assert Device.objects.get(pk=d.pk).heartbeat_deadline == T0 + timedelta(seconds=900)
