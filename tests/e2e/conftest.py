@@ -15,6 +15,7 @@ import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 from playwright.sync_api import expect
@@ -31,9 +32,10 @@ from tests.e2e.harness import (
     wait_until,
 )
 
-# Playwright's sync API runs an event loop in this thread; the ORM calls the tests make for setup
-# are still plain synchronous calls, so Django's async-safety guard must stand aside.
-os.environ.setdefault("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
+if TYPE_CHECKING:
+    from django.contrib.auth.models import User
+
+    from fleets.models import Fleet, Organization
 
 # Generous for a shared two-core machine (a page load under load can take seconds); a journey
 # that passes waits only as long as its condition takes, so this costs nothing when all is well.
@@ -89,12 +91,25 @@ def save_screenshot(page, name: str) -> Path:
 def playwright_browser():
     from playwright.sync_api import sync_playwright
 
-    # Traces are kept for failures only: one left from an earlier run would point at a fixed bug.
+    # The folders hold this run only: a screenshot or trace left from an earlier run would show
+    # a page (or a failure) that no longer exists.
     shutil.rmtree(TRACES, ignore_errors=True)
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield browser
-        browser.close()
+    shutil.rmtree(SCREENSHOTS, ignore_errors=True)
+    # Playwright's sync API runs an event loop in this thread; the ORM calls the journeys make for
+    # setup are still plain synchronous calls, so Django's async-safety guard must stand aside —
+    # only while the browser exists, not for the rest of a full test session.
+    previous = os.environ.get("DJANGO_ALLOW_ASYNC_UNSAFE")
+    os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = "true"
+    try:
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+            yield browser
+            browser.close()
+    finally:
+        if previous is None:
+            os.environ.pop("DJANGO_ALLOW_ASYNC_UNSAFE", None)
+        else:
+            os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = previous
 
 
 def _redis():
@@ -158,12 +173,12 @@ class World:
     """One journey's organization, login, fleets, keys and simulated devices."""
 
     base_url: str
-    org: object
-    user: object
+    org: Organization
+    user: User
     password: str
-    fast_fleet: object
+    fast_fleet: Fleet
     fast_key: str
-    steady_fleet: object
+    steady_fleet: Fleet
     steady_key: str
     tunnel: TunnelServer
     devices: list[SimDevice] = field(default_factory=list)
@@ -212,21 +227,27 @@ PASSWORD = "e2e correct horse battery"
 REGISTER_CONCURRENCY = 6
 
 
-def make_org_with_user(slug: str, username: str, *, staff: bool = False):
+def make_user(org: Organization, username: str, *, staff: bool = False, role: str = "owner") -> User:
+    """A login with PASSWORD, member of org (staff: a superuser, for the admin)."""
     from django.contrib.auth import get_user_model
 
-    from fleets.models import Membership, Organization, Tier
+    from fleets.models import Membership
+
+    model = get_user_model()
+    create = model.objects.create_superuser if staff else model.objects.create_user
+    user = create(username=username, password=PASSWORD, email=f"{username}@example.com")
+    Membership.objects.create(user=user, organization=org, role=role)
+    return user
+
+
+def make_org_with_user(slug: str, username: str) -> tuple[Organization, User]:
+    from fleets.models import Organization, Tier
 
     org = Organization.objects.create(slug=slug, name=slug.replace("-", " ").title(), tier=Tier.PAID)
-    User = get_user_model()
-    user = (User.objects.create_superuser if staff else User.objects.create_user)(
-        username=username, password=PASSWORD, email=f"{username}@example.com"
-    )
-    Membership.objects.create(user=user, organization=org, role=Membership.Role.OWNER)
-    return org, user
+    return org, make_user(org, username)
 
 
-def make_fleet(org, slug: str, **kwargs):
+def make_fleet(org: Organization, slug: str, **kwargs) -> tuple[Fleet, str]:
     from fleets.models import Fleet
 
     fleet = Fleet(
@@ -333,8 +354,7 @@ def login(page, world):
         page.goto(f"{world.base_url}/login/?next={next_path}")
         page.get_by_label("Username").fill(username or world.user.username)
         page.get_by_label("Password").fill(password)
-        with page.expect_navigation():
-            page.get_by_role("button", name=re.compile("log in", re.I)).click()
-        assert "/login/" not in page.url, f"login failed, still on {page.url}"
+        page.get_by_role("button", name=re.compile("log in", re.I)).click()
+        expect(page).not_to_have_url(re.compile(r"/login/"))
 
     return do

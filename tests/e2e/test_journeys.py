@@ -16,7 +16,7 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 from playwright.sync_api import Page, expect
 
-from tests.e2e.conftest import PASSWORD, REGISTER_CONCURRENCY, make_fleet, make_org_with_user
+from tests.e2e.conftest import REGISTER_CONCURRENCY, make_fleet, make_org_with_user, make_user
 from tests.e2e.harness import FAST_POLL_INTERVAL, SWEEP_INTERVAL, SimDevice, wait_until
 
 pytestmark = [pytest.mark.browser, pytest.mark.postgres, pytest.mark.redis]
@@ -451,15 +451,10 @@ def test_j6_fleets_bar_and_count_link(world, page: Page, login, shot):
 
 
 def test_j7_admin_deactivate(world, page: Page, login, shot):
-    from django.contrib.auth import get_user_model
-
-    from fleets.models import Membership
-
     gone = offline(world)
     alive = online(world)
-    staff = get_user_model().objects.create_superuser(username="root", password=PASSWORD, email="root@example.com")
-    # Also a member of the organization, so the same login can look at the dashboard afterwards.
-    Membership.objects.create(user=staff, organization=world.org, role=Membership.Role.MEMBER)
+    # Staff, and a member of the organization, so the same login can look at the dashboard after.
+    make_user(world.org, "root", staff=True, role="member")
     gone_name, alive_name = _device_names(gone, alive)
 
     login("root", next_path="/admin/devices/device/")
