@@ -69,8 +69,12 @@ class Command(BaseCommand):
                 d = services.update_device(d, signals, reason="demo data", at=now - timedelta(minutes=1))
             return d
 
-        hb = {"api_heartbeat_state": HeartbeatState.ONLINE, "last_api_heartbeat_at": now,
-              "heartbeat_deadline": now + timedelta(hours=12), "last_seen_at": now}
+        # These showcase devices do not run (the simulator's fleet does): they poll once a day, so
+        # their heartbeat stays alive for the demo with a deadline that matches their interval.
+        daily = 24 * 3600
+        hb = {"api_heartbeat_state": HeartbeatState.ONLINE, "last_api_heartbeat_at": now, "poll_interval": daily,
+              "heartbeat_deadline": now + timedelta(seconds=daily * settings.FLEETSTATUS_HEARTBEAT_TOLERANCE),
+              "last_seen_at": now}
         vpn = {"is_connected_to_vpn": True, "last_vpn_event": now, "last_connectivity_event": now, "vpn_service_id": 1}
         base = {"os_version": "balenaOS 6.0.13", "os_variant": "prod", "supervisor_version": "16.7.1",
                 "release": "8f3e2b1", "ip_address": "10.0.3.17", "mac_address": "dc:a6:32:00:11:22"}
