@@ -101,14 +101,21 @@ def make_stack(request: pytest.FixtureRequest, pg_cluster: PostgresServer, redis
         pg_cluster.create_database(dbname, template=TEMPLATE_DB)
         stack_dir = reliability_dir / dbname
         stack_dir.mkdir()
-        stack = AppStack(dir=stack_dir, env=app_env(pg_cluster, redis_server, dbname, **extra_env))
+        stack = AppStack(dir=stack_dir, env=app_env(pg_cluster, redis_server, dbname, **extra_env), pg=pg_cluster, dbname=dbname)
         made.append((stack, dbname))
         request.node._stacks.append(stack)
         return stack
 
     yield make
+    keep = os.environ.get("FLEETSTATUS_KEEP_LOGS")
     for stack, dbname in made:
         stack.stop_all()
+        if keep:
+            # Whole process logs for post-mortems (the failure report shows only their tails).
+            target = Path(keep) / f"{request.node.name}-{dbname}"
+            target.mkdir(parents=True, exist_ok=True)
+            for log in stack.dir.glob("*.log"):
+                shutil.copy(log, target / log.name)
         if not pg_cluster.running:
             pg_cluster.start()
         pg_cluster.drop_database(dbname)

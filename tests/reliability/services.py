@@ -214,6 +214,8 @@ class AppStack:
 
     dir: Path
     env: dict[str, str]
+    pg: PostgresServer | None = None
+    dbname: str = ""
     web_port: int = field(default_factory=free_port)
     procs: dict[str, subprocess.Popen] = field(default_factory=dict)
 
@@ -278,8 +280,24 @@ class AppStack:
         path = self.dir / f"{name}.log"
         return path.read_text(errors="replace") if path.exists() else ""
 
-    def logs_tail(self, chars: int = 3000) -> str:
+    def logs_tail(self, chars: int = 8000) -> str:
         return "\n".join(f"--- {p.stem} ---\n{p.read_text(errors='replace')[-chars:]}" for p in sorted(self.dir.glob("*.log")))
+
+    def sql(self, statement: str, params: tuple = ()) -> list[tuple]:
+        """A query on this stack's database straight from the test (no Django start-up cost)."""
+        assert self.pg is not None
+        return self.pg.sql(statement, dbname=self.dbname, params=params)
+
+    def statuses(self) -> dict[str, tuple[str, str]]:
+        """uuid -> (overall_status, api_heartbeat_state), read directly."""
+        return {u: (s, h) for u, s, h in self.sql("SELECT uuid, overall_status, api_heartbeat_state FROM devices_device")}
+
+    def sweep_runs(self) -> list[str]:
+        """The worker's log lines of finished sweeps (Celery logs each task's result at INFO)."""
+        return [line for line in self.log_all("worker") if "devices.tasks.sweep" in line and "succeeded" in line]
+
+    def log_all(self, prefix: str) -> list[str]:
+        return [line for p in sorted(self.dir.glob(f"{prefix}*.log")) for line in p.read_text(errors="replace").splitlines()]
 
     def manage(self, *args: str, timeout: float = 300) -> str:
         result = subprocess.run([sys.executable, "manage.py", *args], cwd=ROOT, env=self.env, capture_output=True, text=True, timeout=timeout)
