@@ -620,26 +620,33 @@ class Agent:
                 if isinstance(action, Report):
                     await self.report(action.fields)
                 elif isinstance(action, Poll):
-                    self.set_polling(action.on)
+                    await self.set_polling(action.on)
                 elif isinstance(action, Tunnel):
                     self.tunnel_up = action.up
                     self.sim.tunnel.set(self.uuid, action.up)
                 elif isinstance(action, Sleep):
                     await asyncio.sleep(action.ticks * self.tick())
         finally:
-            self.set_polling(False)
+            self.stop_polling()
 
-    def set_polling(self, on: bool) -> None:
-        if on and self.poll_task is None:
+    async def set_polling(self, on: bool) -> None:
+        if not on:
+            self.stop_polling()
+        elif self.poll_task is None:
+            # Like the supervisor, fetch the target state first and only then go on: the script's
+            # next sleeps are measured in the interval that fetch tells.
+            await self.fetch()
             self.poll_task = asyncio.create_task(self._poll_loop(), name=f"poll-{self.uuid[:7]}")
-        elif not on and self.poll_task is not None:
+
+    def stop_polling(self) -> None:
+        if self.poll_task is not None:
             self.poll_task.cancel()
             self.poll_task = None
 
     async def _poll_loop(self) -> None:
         while True:
-            await self.fetch()
             await asyncio.sleep(self.tick() * self.jitter_rng.uniform(1 - POLL_JITTER, 1 + POLL_JITTER))
+            await self.fetch()
 
     async def fetch(self) -> None:
         response = await self.sim.request("state", "GET", f"/device/v3/{self.uuid}/state", token=self.device.api_key)

@@ -633,15 +633,23 @@ def test_simulator_against_live_server(live_server, settings, org, make_fleet, t
     # answers one request at a time, so the count depends on the machine's speed).
     assert result.stats.count("state", 200) > pollers
     assert devices.filter(api_heartbeat_state=HeartbeatState.ONLINE).count() >= pollers
-    reached = set(StatusTransition.objects.filter(device__fleet=fleet).values_list("to_status", flat=True))
-    assert {
-        Status.ONLINE,
-        Status.ONLINE_HEARTBEAT_ONLY,
-        Status.ONLINE_VPN_ONLY,
-        Status.UPDATING,
-        Status.CONFIGURING,
-        Status.POST_PROVISIONING,
-    } <= reached, reached
+    # What each scenario's devices went through (the state file keeps the devices in index order).
+    order = [d["uuid"] for d in json.loads((tmp_path / "state.json").read_text())["devices"]]
+    scenario_of = dict(zip(order, sim.assign_scenarios("mixed", 20, seed=7), strict=True))
+    reached: dict[str, set[str]] = {name: set() for name in sim.SCENARIOS}
+    transitions = StatusTransition.objects.filter(device__fleet=fleet).exclude(reason="registered")
+    for uuid, to_status in transitions.values_list("device__uuid", "to_status"):
+        reached[scenario_of[uuid]].add(to_status)
+    assert Status.ONLINE in reached["healthy"], reached
+    assert Status.ONLINE_HEARTBEAT_ONLY in reached["tunnel-blocked"] and Status.ONLINE not in reached["tunnel-blocked"]
+    assert reached["agent-crashed"] >= {Status.ONLINE_VPN_ONLY} and Status.ONLINE not in reached["agent-crashed"]
+    assert Status.UPDATING in reached["app-update"], reached
+    assert Status.CONFIGURING in reached["os-update"], reached  # by a state report, not at registration
+    assert reached["post-provisioning"] == {Status.POST_PROVISIONING}, reached
+    never_fetched = devices.filter(
+        uuid__in=[u for u, s in scenario_of.items() if s in ("agent-crashed", "post-provisioning")]
+    )
+    assert not never_fetched.exclude(api_heartbeat_state=HeartbeatState.UNKNOWN).exists()
     reported = devices.exclude(os_version="")
     assert reported.count() >= pollers
     assert devices.filter(provisioning_state=POST_PROVISIONING_STATE).count() == scenarios["post-provisioning"]
