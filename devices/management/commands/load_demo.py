@@ -43,7 +43,7 @@ class Command(BaseCommand):
     def _load(self):
         now = timezone.now()
         User = get_user_model()
-        org = Organization.objects.create(slug=DEMO_ORG, name="Demo Fleet Co", tier=Tier.FREE, device_allowance=60)
+        org = Organization.objects.create(slug=DEMO_ORG, name="Demo Fleet Co", tier=Tier.FREE, device_allowance=64)
         user, _ = User.objects.get_or_create(username=DEMO_USER)
         user.set_password(DEMO_PASSWORD)
         user.save()
