@@ -3,6 +3,7 @@ from django.contrib.auth import views as auth_views
 from django.http import HttpResponse, JsonResponse
 from django.urls import include, path
 from django.views import defaults
+from django.templatetags.static import static
 from django.views.generic import RedirectView
 
 from devices.openapi import openapi_json
@@ -36,6 +37,8 @@ handler400 = bad_request
 urlpatterns = [
     path("", RedirectView.as_view(pattern_name="devices:list", permanent=False)),
     path("healthz", healthz, name="healthz"),
+    # Browsers ask for /favicon.ico on pages that declare none (the admin).
+    path("favicon.ico", RedirectView.as_view(url=static("fleetstatus/favicon.svg"), permanent=True), name="favicon"),
     path("login/", auth_views.LoginView.as_view(redirect_authenticated_user=True), name="login"),
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("admin/", admin.site.urls),
