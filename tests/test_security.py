@@ -63,3 +63,9 @@ def test_login_is_throttled_after_repeated_failures(owner):
         locked = c.post("/login/", {"username": owner.username, "password": "correct horse battery staple"})
         assert locked.status_code == 429
         assert "_auth_user_id" not in c.session
+
+
+def test_favicon_redirects_to_the_static_icon(client):
+    response = client.get("/favicon.ico")
+    assert response.status_code == 301
+    assert response["Location"].endswith("fleetstatus/favicon.svg")
