@@ -270,10 +270,13 @@ def _load_figure(ctx: Context, script: str, label: str, warm_store: bool) -> tup
     )
     _sample_fetch(devices_file)
     results = []
+    warmed_at = 0.0
     try:
-        for i in range(ctx.load_runs):
-            if warm_store:
-                warm.warm_heartbeats(log=ctx.log if i == 0 else (lambda m: None))
+        for _ in range(ctx.load_runs):
+            # Warmed deadlines are at least half an interval (300 s) ahead: warm again before they near.
+            if warm_store and time.monotonic() - warmed_at > 200:
+                warm.warm_heartbeats(log=ctx.log)
+                warmed_at = time.monotonic()
             # A short run first: every worker connected to PostgreSQL and Redis, code paths warm.
             run_wrk(script, devices_file, 3)
             before = settled_counters()
@@ -285,7 +288,7 @@ def _load_figure(ctx: Context, script: str, label: str, warm_store: bool) -> tup
             result["commits_per_request"] = result["db_commits"] / max(result["requests"], 1)
             results.append(result)
             ctx.log(
-                f"   {label} run {i + 1}: {result['rps']:,.0f} req/s, p50 {result['p50'] / 1000:.1f} ms, "
+                f"   {label} run {len(results)}: {result['rps']:,.0f} req/s, p50 {result['p50'] / 1000:.1f} ms, "
                 f"p99 {result['p99'] / 1000:.1f} ms, errors {result['errors']}, "
                 f"DB writes {result['db_writes']:,} ({result['writes_per_request']:.3f}/request), "
                 f"DB transactions {result['commits_per_request']:.2f}/request"

@@ -8,6 +8,7 @@ queries are counted once (CaptureQueriesContext), then timed N times; the median
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,11 +34,15 @@ class PageTiming:
     queries: int
     slowest: list[tuple[float, str]]
     bytes: int
+    # CPU time of this process (Python: middleware, view, ORM, template), median: unlike the wall
+    # time, it hardly moves when other processes compete for the cores.
+    cpu: float = 0.0
 
     def details(self) -> dict[str, Any]:
         return {
             "url": self.url,
             "median_ms": round(self.median * 1000, 2),
+            "cpu_ms": round(self.cpu * 1000, 2),
             "runs_ms": [round(t * 1000, 2) for t in self.times],
             "queries": self.queries,
             "slowest_queries": [{"ms": round(t * 1000, 2), "sql": sql[:400]} for t, sql in self.slowest],
@@ -70,30 +75,37 @@ def time_page(client: Client, url: str, runs: int) -> PageTiming:
     queries = list(captured.captured_queries)
     slowest = sorted(((float(q["time"]), q["sql"]) for q in queries), reverse=True)[:2]
     size = len(response.content)
-    times = []
+    times, cpu = [], []
     for _ in range(runs):
-        t0 = time.perf_counter()
+        c0, t0 = time.process_time(), time.perf_counter()
         client.get(url)
         times.append(time.perf_counter() - t0)
-    return PageTiming(url, median(times), times, len(queries), slowest, size)
+        cpu.append(time.process_time() - c0)
+    return PageTiming(url, median(times), times, len(queries), slowest, size, median(cpu))
 
 
-def profile_page(ctx: Context, client: Client, url: str, name: str) -> str:
-    """pyinstrument over a few requests of a page that missed its target; returns the report path."""
+def profile_call(ctx: Context, name: str, call: Callable[[], object], repeat: int = 5) -> str:
+    """pyinstrument over a few calls of something that missed its target; prints and saves the tree."""
     try:
         from pyinstrument import Profiler
     except ImportError:
-        return "(pyinstrument not installed)"
+        ctx.log("   (pyinstrument is not installed: no profile)")
+        return ""
     profiler = Profiler(interval=0.0005)
     profiler.start()
-    for _ in range(5):
-        client.get(url)
+    for _ in range(repeat):
+        call()
     profiler.stop()
+    text = profiler.output_text(unicode=False, color=False, show_all=False)
     path = RESULTS_DIR / f"profile-{name}.txt"
-    path.write_text(profiler.output_text(unicode=False, color=False, show_all=False))
-    ctx.log(f"   profile of {url}: {path}")
-    ctx.log("\n".join("   | " + line for line in profiler.output_text(unicode=False, color=False).splitlines()[:40]))
+    path.write_text(text)
+    ctx.log(f"   pyinstrument profile ({path}):")
+    ctx.log("\n".join("   | " + line for line in text.splitlines()[:45]))
     return str(path)
+
+
+def profile_page(ctx: Context, client: Client, url: str, name: str) -> str:
+    return profile_call(ctx, name, lambda: client.get(url))
 
 
 def _slowest_text(t: PageTiming) -> str:
@@ -130,7 +142,7 @@ def p1(ctx: Context) -> list[Row]:
         ratio = big.median / base.median if base.median else float("inf")
         ok = big.median <= 0.050 and ratio <= 1.5 and big.queries == base.queries
         measured = f"{ms(big.median)}; 1k: {ms(base.median)} ({ratio:.2f}x); queries {big.queries} vs {base.queries}"
-        ctx.log(f"   {label:<24} {measured}   [{big_url}]")
+        ctx.log(f"   {label:<24} {measured}; Python CPU {ms(big.cpu)} vs {ms(base.cpu)}   [{big_url}]")
         if not ok:
             ctx.log(f"     slowest queries at {big_n:,}: {_slowest_text(big)}")
             if ctx.args.profile:
@@ -193,7 +205,9 @@ def p3(ctx: Context) -> list[Row]:
     client = client_for("bench-large-member")
     t = time_page(client, url, ctx.page_runs)
     ok = t.median <= 0.030
-    ctx.log(f"   {transitions:,} transitions: {ms(t.median)}, {t.queries} queries, {t.bytes / 1024:.0f} KiB")
+    ctx.log(
+        f"   {transitions:,} transitions: {ms(t.median)} (Python CPU {ms(t.cpu)}), {t.queries} queries, {t.bytes / 1024:.0f} KiB"
+    )
     if not ok:
         ctx.log(f"     slowest queries: {_slowest_text(t)}")
         if ctx.args.profile:
