@@ -61,6 +61,7 @@ def run(args: list[str]) -> int:
         FLEETSTATUS_MIN_POLL_INTERVAL="10",
         FLEETSTATUS_SIMULATED_DEVICES="60",
     )
+    env["FLEETSTATUS_WEB_PORT"] = env["PORT"]
     manage(env, "migrate", "--noinput")
     manage(env, "load_demo")
     print(f"\nfleetstatus is starting on http://127.0.0.1:{env['PORT']}/  (log in as shown above; Ctrl-C stops it)\n", flush=True)
