@@ -64,7 +64,8 @@ class Device(models.Model):
     vpn_service_id = models.IntegerField(null=True, blank=True)
     last_vpn_event = models.DateTimeField(null=True, blank=True)
     last_connectivity_event = models.DateTimeField(null=True, blank=True)
-    update_status = models.CharField(max_length=20, choices=UpdateStatus.choices, null=True, blank=True)
+    # NULL = nothing reported, as balena stores it; the status rule and tests rely on that.
+    update_status = models.CharField(max_length=20, choices=UpdateStatus.choices, null=True, blank=True)  # noqa: DJ001
     download_progress = models.SmallIntegerField(null=True, blank=True, validators=percent_validators)
     # The text the device agent reports (e.g. "Idle", "Downloading"); not the overall status.
     status = models.CharField("agent status", max_length=50, blank=True, default="")

@@ -1,9 +1,9 @@
 from django.contrib import admin
 from django.contrib.auth import views as auth_views
 from django.http import HttpResponse, JsonResponse
+from django.templatetags.static import static
 from django.urls import include, path
 from django.views import defaults
-from django.templatetags.static import static
 from django.views.generic import RedirectView
 
 from devices.openapi import openapi_json

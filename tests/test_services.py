@@ -60,7 +60,8 @@ def test_steady_heartbeat_is_one_update_and_no_transition(make_device, django_as
 
 
 def test_allowance_freezes_newest_activated(org, make_device):
-    devices = [make_device(name=f"d{i}", at=T0 + timedelta(minutes=i)) for i in range(4)]
+    for i in range(4):
+        make_device(name=f"d{i}", at=T0 + timedelta(minutes=i))
     services.update_organization(org, {"device_allowance": 2, "tier": Tier.FREE}, reason="plan change", at=T0 + timedelta(hours=1))
     states = {d.name: d.overall_status for d in Device.objects.all()}
     assert states == {"d0": "configuring", "d1": "configuring", "d2": "frozen", "d3": "frozen"}
