@@ -19,8 +19,9 @@ from typing import Any
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, connection, transaction
-from django.db.models import DateTimeField, ExpressionWrapper, F, Q, QuerySet
+from django.db.models import DateTimeField, ExpressionWrapper, F, Q, QuerySet, Value
 from django.db.models.expressions import RawSQL
+from django.db.models.functions import Coalesce, Greatest
 from django.utils import timezone
 
 from devices.models import UUID_REGEX, Device, StatusTransition, effective_poll_interval, heartbeat_window
@@ -55,6 +56,11 @@ def _stage(device: Device, changes: dict[str, Any], reason: str, at: datetime) -
     new_status = device.compute_status()
     if new_status == device.overall_status:
         return None
+    if device.status_changed_at is not None and device.status_changed_at > at:
+        # `at` was taken before the row lock, or is a heartbeat deadline the sweep noticed late;
+        # a change committed meanwhile is newer: stamp no earlier, so a device's history never
+        # runs backwards (found by tests/reliability/test_soak.py).
+        at = device.status_changed_at
     transition = StatusTransition(
         device=device, from_status=device.overall_status, to_status=new_status, at=at, reason=reason[:200]
     )
@@ -156,7 +162,9 @@ def _apply_locked(
     if unchanged:
         Device.objects.filter(pk__in=unchanged).update(**changes)
     for status, ids in groups.items():
-        changed_at = F(transition_at_field) if transition_at_field else at
+        # The same "never earlier than the last change" rule as _stage, in SQL.
+        base = F(transition_at_field) if transition_at_field else Value(at, output_field=DateTimeField())
+        changed_at = Greatest(base, Coalesce(F("status_changed_at"), base))
         Device.objects.filter(pk__in=ids).update(**changes, overall_status=status, status_changed_at=changed_at)
     StatusTransition.objects.bulk_create(transitions)
     return len(transitions)
@@ -807,14 +815,19 @@ def set_tunnel(uuids: Iterable[str], connected: bool, service_id: int, at: datet
             annotate_signals(Device.objects.filter(uuid__in=_among(wanted), **held))
             .select_for_update(of=("self",))
             .order_by("pk")
-            .values("pk", "overall_status", "organization_id", *SIGNALS)
+            .values("pk", "overall_status", "status_changed_at", "organization_id", *SIGNALS)
         )
+        late: dict[datetime, list[tuple[int, str, str]]] = defaultdict(list)
         for row in rows:
             reactivating = connected and not row["is_active"]
             signals = {**row, **changes, "is_active": True} if reactivating else {**row, **changes}
             new_status = compute_status(signals).value
             if new_status != row["overall_status"]:
-                transitions.append((row["pk"], row["overall_status"], new_status))
+                if row["status_changed_at"] is not None and row["status_changed_at"] > at:
+                    # A change committed while we waited for the lock is newer (see _stage).
+                    late[row["status_changed_at"]].append((row["pk"], row["overall_status"], new_status))
+                else:
+                    transitions.append((row["pk"], row["overall_status"], new_status))
             else:
                 new_status = ""
             groups[(reactivating, new_status)].append(row["pk"])
@@ -827,10 +840,13 @@ def set_tunnel(uuids: Iterable[str], connected: bool, service_id: int, at: datet
             if reactivating:
                 fields.update(is_active=True, activated_at=at)
             if new_status:
-                fields.update(overall_status=new_status, status_changed_at=at)
+                stamp = Value(at, output_field=DateTimeField())
+                fields.update(overall_status=new_status, status_changed_at=Greatest(stamp, Coalesce(F("status_changed_at"), stamp)))
             Device.objects.filter(pk__in=_among(pks)).update(**fields)
         _insert_transitions(transitions, at=at, reason=reason)
-        result.transitions = len(transitions)
+        for stamp_at, late_rows in late.items():
+            _insert_transitions(late_rows, at=stamp_at, reason=reason)
+        result.transitions = len(transitions) + sum(len(r) for r in late.values())
         for org_id in sorted(reactivated_orgs):
             result.transitions += reconcile_frozen(org_id, reason=f"{reason}: reactivated", at=at)
     return result
