@@ -101,9 +101,9 @@ def check() -> dict:
     broken: list[str] = []
     broken_count = 0
     checked = 0
-    prev: dict[int, tuple[str, Any]] = {}
-    rows = StatusTransition.objects.order_by("device_id", "id").values_list("device_id", "id", "from_status", "to_status", "at")
-    for device_id, tid, frm, to, at in rows.iterator(chunk_size=10000):
+    prev: dict[int, tuple[str, Any, str]] = {}
+    rows = StatusTransition.objects.order_by("device_id", "id").values_list("device_id", "id", "from_status", "to_status", "at", "reason")
+    for device_id, tid, frm, to, at, reason in rows.iterator(chunk_size=10000):
         checked += 1
         last = prev.get(device_id)
         problem = ""
@@ -112,12 +112,13 @@ def check() -> dict:
         elif last is not None and frm != last[0]:
             problem = f"transition #{tid} from {frm!r} but the previous one went to {last[0]!r}"
         elif last is not None and at < last[1]:
-            problem = f"transition #{tid} at {at.isoformat()} is earlier than the previous one at {last[1].isoformat()}"
+            problem = (f"transition #{tid} {frm}->{to} ({reason}) at {at.isoformat()} is earlier than the previous one "
+                       f"->{last[0]} ({last[2]}) at {last[1].isoformat()}")
         if problem:
             broken_count += 1
             if len(broken) < MAX_REPORTED:
                 broken.append(f"{uuid_of.get(device_id)}: {problem}")
-        prev[device_id] = (to, at)
+        prev[device_id] = (to, at, reason)
     for device_id, status in stored.items():
         last = prev.get(device_id)
         if last is None or last[0] != status:

@@ -58,8 +58,8 @@ def _expiries(transitions: dict, uuid: str) -> list[tuple[str, str, datetime, st
 def _assert_consistent(stack: AppStack) -> dict:
     """The soak invariants, computed by the app's own code: stored == recomputed, unbroken chains."""
     report = stack.probe("check")
-    assert report["status_mismatches"] == 0, report["mismatch_examples"]
-    assert report["broken_chains"] == 0, report["broken_examples"]
+    assert report["status_mismatches"] == 0, "\n".join(map(str, report["mismatch_examples"]))
+    assert report["broken_chains"] == 0, f"{report['broken_chains']} broken chains:\n" + "\n".join(report["broken_examples"])
     return report
 
 
