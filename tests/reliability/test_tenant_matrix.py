@@ -251,7 +251,7 @@ def admin_cases(world) -> tuple[list[Case], list[str]]:
             else:
                 cases.append(Case(url, v, 302, redirect_to=others_redirect))
 
-    for route, key, _pattern in walk(get_resolver().url_patterns):
+    for route, _key, _pattern in walk(get_resolver().url_patterns):
         if not route.startswith("admin/"):
             continue
         rest = route.removeprefix("admin/")
