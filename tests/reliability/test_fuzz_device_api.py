@@ -52,7 +52,7 @@ EXAMPLES = {
     "POST /services/vpn/client-connect": (100, 100),
     "POST /services/vpn/client-disconnect": (100, 100),
 }
-HOSTILE_EXAMPLES = 400
+HOSTILE_EXAMPLES = 450
 
 HYPOTHESIS = dict(
     deadline=None,
