@@ -26,3 +26,37 @@ class RejectNulInQueryMiddleware:
                 return JsonResponse({"error": NUL_MESSAGE}, status=400)
             return HttpResponseBadRequest(NUL_MESSAGE, content_type="text/plain")
         return self.get_response(request)
+
+
+RETRY_AFTER_SECONDS = 5
+DB_UNAVAILABLE = "The database is unavailable; try again shortly."
+
+
+class DatabaseUnavailableMiddleware:
+    """A lost database connection is a 503 with Retry-After, not a 500 (JSON on the device API).
+
+    While PostgreSQL restarts, every request fails with OperationalError; agents and browsers
+    should back off and retry, which is what 503 + Retry-After tells them. The persistent
+    connection is replaced by itself on a later request (CONN_MAX_AGE with conn_health_checks).
+    """
+
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        return self.get_response(request)
+
+    def process_exception(self, request: HttpRequest, exception: Exception) -> HttpResponse | None:
+        from django.db import InterfaceError, OperationalError
+
+        if not isinstance(exception, OperationalError | InterfaceError):
+            return None
+        import logging
+
+        logging.getLogger("django.request").error("database unavailable: %s", exception)
+        if request.path.startswith(("/device/", "/services/")):
+            response: HttpResponse = JsonResponse({"error": DB_UNAVAILABLE}, status=503)
+        else:
+            response = HttpResponse(DB_UNAVAILABLE, status=503, content_type="text/plain")
+        response["Retry-After"] = str(RETRY_AFTER_SECONDS)
+        return response

@@ -139,13 +139,20 @@ def check() -> dict:
     }
 
 
+def db_settings() -> dict:
+    from django.conf import settings
+
+    db = settings.DATABASES["default"]
+    return {"CONN_MAX_AGE": db.get("CONN_MAX_AGE"), "CONN_HEALTH_CHECKS": db.get("CONN_HEALTH_CHECKS"), "ENGINE": db["ENGINE"]}
+
+
 def taskruns() -> list[dict]:
     from devices.models import TaskRun
 
     return [{"name": t.name, "last_success_at": t.last_success_at.isoformat(), "details": t.details} for t in TaskRun.objects.all()]
 
 
-COMMANDS = {"setup": setup, "create_devices": create_devices, "heartbeat": heartbeat, "devices": devices, "transitions": transitions, "check": check, "taskruns": taskruns}
+COMMANDS = {"db_settings": db_settings, "setup": setup, "create_devices": create_devices, "heartbeat": heartbeat, "devices": devices, "transitions": transitions, "check": check, "taskruns": taskruns}
 
 
 def main() -> None:
