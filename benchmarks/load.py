@@ -413,11 +413,12 @@ def profile_server(ctx: Context, server: Server, script: str, name: str, seconds
     path = RESULTS_DIR / f"profile-{name}.txt"
     path.write_text(report)
     ctx.log(f"   py-spy profile of the workers under load ({path}):")
-    ctx.log("\n".join("   | " + line for line in report.splitlines()[:45]))
+    ctx.log("\n".join("   | " + line for line in report.splitlines()[:60]))
 
 
-def summarize_collapsed(paths: list[Path], top: int = 60) -> str:
-    """Inclusive share of samples per function (file:function), from py-spy's collapsed stacks."""
+def summarize_collapsed(paths: list[Path], top: int = 25) -> str:
+    """From py-spy's collapsed stacks: the project's functions (inclusive share of the samples), then
+    the functions where the samples sit (self share), e.g. psycopg's wait = waiting for PostgreSQL."""
     inclusive: dict[str, int] = {}
     own: dict[str, int] = {}
     total = 0
@@ -434,9 +435,15 @@ def summarize_collapsed(paths: list[Path], top: int = 60) -> str:
             own[frames[-1]] = own.get(frames[-1], 0) + n
     if not total:
         return "no samples"
-    lines = [f"{total} samples; inclusive % (self %) per function, hottest first"]
-    for f, n in sorted(inclusive.items(), key=lambda kv: -kv[1])[:top]:
-        lines.append(f"{100 * n / total:5.1f}% ({100 * own.get(f, 0) / total:4.1f}%)  {f}")
+    project = ("devices/", "fleets/", "fleetstatus/")
+    mine = [(f, n) for f, n in inclusive.items() if f.startswith(project)]
+    lines = [f"{total} samples of the gunicorn workers", "", "project code, inclusive % of samples:"]
+    lines += [f"  {100 * n / total:5.1f}%  {f}" for f, n in sorted(mine, key=lambda kv: -kv[1])[:top]]
+    lines += ["", "where the samples are (self %):"]
+    lines += [f"  {100 * n / total:5.1f}%  {f}" for f, n in sorted(own.items(), key=lambda kv: -kv[1])[:top]]
+    lines += ["", "libraries, inclusive % of samples:"]
+    libs = [(f, n) for f, n in inclusive.items() if not f.startswith(project) and not f.startswith("gunicorn")]
+    lines += [f"  {100 * n / total:5.1f}%  {f}" for f, n in sorted(libs, key=lambda kv: -kv[1])[:top]]
     return "\n".join(lines)
 
 
