@@ -49,6 +49,28 @@ def configure_environment() -> None:
         sys.path.insert(0, str(ROOT))
 
 
+def ensure_database() -> None:
+    """Create the bench database when it does not exist yet (a fresh clone needs only a running server)."""
+    import dj_database_url
+    import psycopg
+    from psycopg import sql
+
+    config = dj_database_url.parse(os.environ["DATABASE_URL"])
+    if "postgresql" not in config["ENGINE"] or "bench" not in config["NAME"]:
+        return  # seed.py refuses anything but a PostgreSQL database named *bench*, with a message
+    conninfo = psycopg.conninfo.make_conninfo(
+        dbname="postgres",
+        user=config.get("USER") or None,
+        password=config.get("PASSWORD") or None,
+        host=config.get("HOST") or None,
+        port=config.get("PORT") or None,
+    )
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        if conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [config["NAME"]]).fetchone() is None:
+            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(config["NAME"])))
+            log(f"created database {config['NAME']}")
+
+
 def parse_args(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="python3 dev.py bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -79,6 +101,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     configure_environment()
+    ensure_database()
     import django
 
     django.setup()

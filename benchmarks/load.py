@@ -48,11 +48,12 @@ def _free_port() -> int:
 
 
 PORT = int(os.environ.get("FLEETSTATUS_BENCH_PORT") or _free_port())
-# Two cores, shared by gunicorn, wrk, PostgreSQL and Redis. A request is mostly CPU in Python
-# (auth hash, one indexed read, a Redis round trip, JSON), so more processes than cores only adds
-# switching; one extra worker covers the time a worker waits on PostgreSQL or Redis. Sync workers
-# (one request at a time, no thread pool) are the cheapest per request for such short requests:
-# measured on this machine, 3 sync workers beat 2 workers x 4 threads (gthread) and 2 or 4 sync workers.
+# Two cores, shared by gunicorn, wrk, PostgreSQL and Redis. A request is mostly Python on the CPU
+# (middleware, ORM, a Redis script, JSON), so processes beyond the cores only add switching and
+# threads only queue for the GIL; one extra process covers the time a worker waits on PostgreSQL or
+# Redis. Measured here (15 s runs, other work on the machine): 2, 3 or 4 sync workers and 2 or 3
+# gthread workers x 4 threads all gave 290-390 req/s, within the noise of each other; 3 sync
+# workers had the lowest p99 (threads of one process wait for each other's GIL).
 WORKERS = int(os.environ.get("FLEETSTATUS_BENCH_WORKERS", "3"))
 WORKER_CLASS = os.environ.get("FLEETSTATUS_BENCH_WORKER_CLASS", "sync")
 THREADS = int(os.environ.get("FLEETSTATUS_BENCH_THREADS", "1"))
