@@ -174,7 +174,8 @@ def p2(ctx: Context) -> list[Row]:
         t = time_page(client_for(username), "/fleets/", ctx.page_runs)
         timings.append((fleets, devices, t))
         ctx.log(
-            f"   {fleets:>5,} fleets, {devices:>9,} devices: {ms(t.median)}, {t.queries} queries, {t.bytes / 1024:.0f} KiB"
+            f"   {fleets:>5,} fleets, {devices:>9,} devices: {ms(t.median)} (Python CPU {ms(t.cpu)}), "
+            f"{t.queries} queries, {t.bytes / 1024:.0f} KiB"
         )
     big = timings[0][2]
     same_queries = len({t.queries for _, _, t in timings}) == 1
