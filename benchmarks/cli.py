@@ -123,6 +123,9 @@ def main(argv: list[str] | None = None) -> int:
             log(f"--skip-seed: no {plan.name!r} data in this database; run without --skip-seed first")
             return 2
         log(f"--skip-seed: reusing the data seeded at {seed.get_meta('seed')['seeded_at']}")
+        # Earlier runs updated many rows (P5-P7 write devices, P6 re-arms 10,000 of them); where
+        # autovacuum is off (as on the shared test server) index-only scans would degrade run by run.
+        seed.vacuum(log=log)
     else:
         seed.seed_and_record(plan, log=log)
     ctx = Context.load(plan=plan, args=args, log=log)
