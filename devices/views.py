@@ -26,12 +26,12 @@ from devices.queries import (
     ROW_FIELDS,
     SORTS,
     STATUS_SLUGS,
+    device_status_counts,
     filter_devices,
     order_devices,
     paginate,
     parse_device_query,
     scoped_devices,
-    status_counts,
     user_organizations,
 )
 from devices.status import Status
@@ -91,13 +91,12 @@ def device_list(request: HttpRequest) -> HttpResponse:
     now = timezone.now()
 
     # Counts honour every filter but the status one, so each count is what its link will show.
-    unfiltered_by_status = filter_devices(scoped_devices(organizations), query, with_status=False)
-    counts = status_counts(unfiltered_by_status)
+    counts = device_status_counts(organizations, query)
     shown = query.statuses or list(STATUS_SLUGS)
     total = sum(counts[s] for s in shown)
     not_online = sum(counts[s] for s in shown if s != Status.ONLINE)
 
-    rows = order_devices(filter_devices(unfiltered_by_status, query), query).select_related("fleet").only(*ROW_FIELDS)
+    rows = order_devices(filter_devices(scoped_devices(organizations), query), query).select_related("fleet").only(*ROW_FIELDS)
     page, page_notice = paginate(rows, total, query)
     notices = list(query.notices) + ([page_notice] if page_notice else [])
 

@@ -79,3 +79,45 @@ class ServiceKey(models.Model):
 
     def __str__(self) -> str:
         return self.name or f"service key #{self.pk}"
+
+
+# --- Device counts per (organization, fleet, status) --------------------------------------------------
+# Maintained by database triggers on devices_device (fleets/counts.py installs them), so every path
+# that changes a device — services, bulk UPDATEs of the sweep, tunnel events, the admin, COPY with
+# triggers on, deletion — is counted without the application's help. Plain integer columns, no
+# foreign keys: a trigger's insert must take no lock on the fleet or organization row.
+
+
+class StatusCount(models.Model):
+    """Folded counts: devices of one fleet in one stored overall status (rows with n = 0 are removed)."""
+
+    organization_id = models.BigIntegerField()
+    fleet_id = models.BigIntegerField()
+    status = models.CharField(max_length=24)
+    n = models.BigIntegerField(default=0)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["organization_id", "fleet_id", "status"], name="status_count_key"),
+        ]
+
+    def __str__(self) -> str:
+        return f"fleet {self.fleet_id} {self.status}: {self.n}"
+
+
+class StatusCountDelta(models.Model):
+    """Append-only changes to StatusCount, written by the triggers (one row per statement and
+    (organization, fleet, status) whose count changed) and folded into StatusCount by the beat.
+    Writers only ever insert here, so concurrent device writes never wait on a shared counter row."""
+
+    id = models.BigAutoField(primary_key=True)
+    organization_id = models.BigIntegerField()
+    fleet_id = models.BigIntegerField()
+    status = models.CharField(max_length=24)
+    n = models.BigIntegerField()
+
+    class Meta:
+        indexes = [models.Index(fields=["organization_id", "fleet_id"], name="status_delta_org_fleet")]
+
+    def __str__(self) -> str:
+        return f"fleet {self.fleet_id} {self.status}: {self.n:+d}"

@@ -515,14 +515,31 @@ def test_query_count_does_not_grow_with_rows_or_pages(owner_client, make_device,
     assert _queries(owner_client, URL + "?fleet=kiosks&page=2") == FULL_PAGE_QUERIES + 1
 
 
-def test_no_count_star_over_the_devices(owner_client, make_device):
-    device_in(make_device, "online")
+def _sql(client, url) -> list[str]:
     with CaptureQueriesContext(connection) as ctx:
-        owner_client.get(URL)
-    sql = [q["sql"] for q in ctx.captured_queries]
-    assert not [s for s in sql if "COUNT(*)" in s.upper() and "devices_device" in s]
-    grouped = [s for s in sql if "GROUP BY" in s.upper() and "devices_device" in s]
-    assert len(grouped) == 1
+        client.get(url)
+    return [q["sql"] for q in ctx.captured_queries]
+
+
+@pytest.mark.parametrize("params", ["", "?status=offline", "?fleet=kiosks", "?sort=-last_seen&page=2"])
+def test_counts_come_from_the_kept_counts_not_the_devices(owner_client, make_device, params):
+    device_in(make_device, "online")
+    sql = _sql(owner_client, URL + params)
+    assert not [s for s in sql if "COUNT(" in s.upper() and "devices_device" in s]
+    grouped = [s for s in sql if "GROUP BY" in s.upper()]
+    assert len(grouped) == 1 and "fleets_statuscount" in grouped[0] and "devices_device" not in grouped[0]
+
+
+def test_a_search_counts_its_matches_in_one_group_by(owner_client, make_device):
+    device_in(make_device, "online", name="kiosk-1")
+    device_in(make_device, "offline", name="robot-1")
+    sql = _sql(owner_client, URL + "?q=kiosk")
+    # Paginating never counts again: the page's total is the sum of the grouped counts.
+    assert not [s for s in sql if "COUNT(" in s.upper() and "GROUP BY" not in s.upper()]
+    grouped = [s for s in sql if "GROUP BY" in s.upper()]
+    assert len(grouped) == 1 and "devices_device" in grouped[0]
+    counts = status_counts(owner_client.get(URL + "?q=kiosk"))
+    assert counts["all"] == 1 and counts["online"] == 1 and counts["offline"] == 0
 
 
 def test_status_changes_show_on_the_next_poll(owner_client, make_device):

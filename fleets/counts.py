@@ -1,0 +1,282 @@
+"""Device counts per (organization, fleet, status) without a GROUP BY over the devices.
+
+The Devices and Fleets pages show how many devices are in each status. Counting them on every
+request is a GROUP BY over every device of the organization (a million rows on the Fleets page),
+so the counts are kept instead:
+
+- Triggers on devices_device record every change of a device's (organization, fleet, stored
+  status) as a row in the append-only table StatusCountDelta. PostgreSQL: statement-level AFTER
+  INSERT/UPDATE/DELETE triggers with transition tables, one aggregated INSERT per statement (a
+  sweep that expires 10,000 devices adds a handful of rows); an UPDATE that changes no status
+  adds none. SQLite: row-level triggers. Because they live in the database, every path counts:
+  devices/services.py, the sweep's and tunnel events' bulk UPDATEs, the admin, raw SQL, COPY,
+  deletion. Writers only insert, so concurrent writers never wait on a shared counter row.
+- fold() moves the deltas into StatusCount (one row per fleet and status). The beat runs it with
+  every sweep (devices/tasks.py); it is safe to run twice at once.
+- Readers sum StatusCount and the pending deltas in ONE statement, so the answer is the same
+  exact snapshot whether or not a fold committed in between.
+- rebuild() recounts from the devices (locking out device writes meanwhile); `migrate` runs it
+  after every migration (post_migrate, which also re-installs triggers a SQLite table rebuild
+  dropped), bulk loads that bypass triggers must call it (benchmarks/seed.py does), and
+  `manage.py rebuild_status_counts` runs it by hand. mismatches() compares with a real GROUP BY.
+
+Exact, not approximate: tests/test_status_counts.py drives every device-changing path and checks
+counts == GROUP BY, and tests/conftest.py checks it after every test that used the database.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable
+
+from django.db import connection as default_connection
+from django.db import transaction
+
+from devices.status import Status
+
+COUNTS = "fleets_statuscount"
+DELTAS = "fleets_statuscountdelta"
+DEVICES = "devices_device"
+STATUS_SLUGS: tuple[str, ...] = tuple(s.value for s in Status)
+# pg_advisory_xact_lock key: one fold or rebuild at a time (any 64-bit number unique to this use).
+LOCK_KEY = 0x5F5C_0C01
+
+# --- Triggers ----------------------------------------------------------------------------------------
+
+_PG_FUNCTIONS = {
+    "insert": f"""
+        INSERT INTO {DELTAS} (organization_id, fleet_id, status, n)
+        SELECT organization_id, fleet_id, overall_status, count(*) FROM fs_new GROUP BY 1, 2, 3;""",
+    "delete": f"""
+        INSERT INTO {DELTAS} (organization_id, fleet_id, status, n)
+        SELECT organization_id, fleet_id, overall_status, -count(*) FROM fs_old GROUP BY 1, 2, 3;""",
+    # Old rows count -1, new rows +1; groups that net to zero (the usual update: no status change)
+    # write nothing.
+    "update": f"""
+        INSERT INTO {DELTAS} (organization_id, fleet_id, status, n)
+        SELECT organization_id, fleet_id, overall_status, sum(n) FROM (
+            SELECT organization_id, fleet_id, overall_status, -1 AS n FROM fs_old
+            UNION ALL
+            SELECT organization_id, fleet_id, overall_status, 1 AS n FROM fs_new
+        ) AS changes GROUP BY 1, 2, 3 HAVING sum(n) <> 0;""",
+    "truncate": f"DELETE FROM {DELTAS}; DELETE FROM {COUNTS};",
+}
+_PG_REFERENCING = {
+    "insert": "REFERENCING NEW TABLE AS fs_new",
+    "delete": "REFERENCING OLD TABLE AS fs_old",
+    "update": "REFERENCING OLD TABLE AS fs_old NEW TABLE AS fs_new",
+    "truncate": "",
+}
+
+_SQLITE_TRIGGERS = {
+    "insert": f"""AFTER INSERT ON {DEVICES} BEGIN
+        INSERT INTO {DELTAS} (organization_id, fleet_id, status, n)
+        VALUES (NEW.organization_id, NEW.fleet_id, NEW.overall_status, 1);
+    END""",
+    "update": f"""AFTER UPDATE OF organization_id, fleet_id, overall_status ON {DEVICES}
+    WHEN OLD.organization_id IS NOT NEW.organization_id OR OLD.fleet_id IS NOT NEW.fleet_id
+      OR OLD.overall_status IS NOT NEW.overall_status
+    BEGIN
+        INSERT INTO {DELTAS} (organization_id, fleet_id, status, n)
+        VALUES (OLD.organization_id, OLD.fleet_id, OLD.overall_status, -1),
+               (NEW.organization_id, NEW.fleet_id, NEW.overall_status, 1);
+    END""",
+    "delete": f"""AFTER DELETE ON {DEVICES} BEGIN
+        INSERT INTO {DELTAS} (organization_id, fleet_id, status, n)
+        VALUES (OLD.organization_id, OLD.fleet_id, OLD.overall_status, -1);
+    END""",
+}
+
+
+def trigger_names(connection=default_connection) -> list[str]:
+    kinds = _PG_FUNCTIONS if connection.vendor == "postgresql" else _SQLITE_TRIGGERS
+    return [f"fs_status_count_{kind}" for kind in kinds]
+
+
+def installed_triggers(connection=default_connection) -> set[str]:
+    with connection.cursor() as cur:
+        if connection.vendor == "postgresql":
+            cur.execute(
+                "SELECT tgname FROM pg_trigger WHERE tgrelid = to_regclass(%s) AND NOT tgisinternal", [DEVICES]
+            )
+        else:
+            cur.execute("SELECT name FROM sqlite_master WHERE type = 'trigger' AND tbl_name = %s", [DEVICES])
+        return {name for (name,) in cur.fetchall()}
+
+
+def install_triggers(connection=default_connection) -> bool:
+    """Create the triggers that are missing; True when any was."""
+    missing = [name for name in trigger_names(connection) if name not in installed_triggers(connection)]
+    if not missing:
+        return False
+    with connection.cursor() as cur:
+        if connection.vendor == "postgresql":
+            for kind, body in _PG_FUNCTIONS.items():
+                name = f"fs_status_count_{kind}"
+                cur.execute(
+                    f"CREATE OR REPLACE FUNCTION {name}() RETURNS trigger LANGUAGE plpgsql AS $$\n"
+                    f"BEGIN {body}\n RETURN NULL;\nEND $$"
+                )
+                if name in missing:
+                    cur.execute(
+                        f"CREATE TRIGGER {name} AFTER {kind.upper()} ON {DEVICES} {_PG_REFERENCING[kind]} "
+                        f"FOR EACH STATEMENT EXECUTE FUNCTION {name}()"
+                    )
+        elif connection.vendor == "sqlite":
+            for kind, body in _SQLITE_TRIGGERS.items():
+                cur.execute(f"CREATE TRIGGER IF NOT EXISTS fs_status_count_{kind} {body}")
+        else:  # pragma: no cover - the project supports these two
+            raise NotImplementedError(connection.vendor)
+    return True
+
+
+def drop_triggers(connection=default_connection) -> None:
+    with connection.cursor() as cur:
+        for name in trigger_names(connection):
+            if connection.vendor == "postgresql":
+                cur.execute(f"DROP TRIGGER IF EXISTS {name} ON {DEVICES}")
+                cur.execute(f"DROP FUNCTION IF EXISTS {name}()")
+            else:
+                cur.execute(f"DROP TRIGGER IF EXISTS {name}")
+
+
+# --- Maintenance -------------------------------------------------------------------------------------
+
+
+def _lock(cur, connection) -> None:
+    if connection.vendor == "postgresql":
+        cur.execute("SELECT pg_advisory_xact_lock(%s)", [LOCK_KEY])
+
+
+def fold(connection=default_connection) -> int:
+    """Move the pending deltas into the counts; returns how many delta rows were folded."""
+    with transaction.atomic(using=connection.alias), connection.cursor() as cur:
+        _lock(cur, connection)
+        if connection.vendor == "postgresql":
+            # DELETE … RETURNING takes exactly the rows it folds: a delta committed meanwhile stays
+            # for the next fold, none is counted twice or lost.
+            cur.execute(
+                f"""WITH moved AS (DELETE FROM {DELTAS} RETURNING organization_id, fleet_id, status, n),
+                         total AS (SELECT organization_id, fleet_id, status, sum(n) AS n, count(*) AS rows
+                                   FROM moved GROUP BY 1, 2, 3),
+                         upsert AS (INSERT INTO {COUNTS} (organization_id, fleet_id, status, n)
+                                    SELECT organization_id, fleet_id, status, n FROM total WHERE n <> 0
+                                    ON CONFLICT (organization_id, fleet_id, status)
+                                    DO UPDATE SET n = {COUNTS}.n + EXCLUDED.n)
+                    SELECT coalesce(sum(rows), 0) FROM total"""
+            )
+        else:
+            # SQLite has one writer at a time and increasing ids: everything up to the largest id
+            # seen is folded and deleted in this one write transaction.
+            cur.execute(f"SELECT max(id), count(*) FROM {DELTAS}")
+            top, folded = cur.fetchone()
+            if top is not None:
+                cur.execute(
+                    f"""INSERT INTO {COUNTS} (organization_id, fleet_id, status, n)
+                        SELECT organization_id, fleet_id, status, sum(n) FROM {DELTAS} WHERE id <= %s
+                        GROUP BY organization_id, fleet_id, status HAVING sum(n) <> 0
+                        ON CONFLICT (organization_id, fleet_id, status) DO UPDATE SET n = n + excluded.n""",
+                    [top],
+                )
+                cur.execute(f"DELETE FROM {DELTAS} WHERE id <= %s", [top])
+        if connection.vendor == "postgresql":
+            (folded,) = cur.fetchone()
+        cur.execute(f"DELETE FROM {COUNTS} WHERE n = 0")
+    return int(folded or 0)
+
+
+def rebuild(connection=default_connection) -> int:
+    """Recount from the devices; returns the number of devices counted.
+
+    Device writes wait while it runs (SHARE lock on PostgreSQL, the write lock on SQLite): a
+    million devices take well under a second.
+    """
+    with transaction.atomic(using=connection.alias), connection.cursor() as cur:
+        _lock(cur, connection)
+        if connection.vendor == "postgresql":
+            cur.execute(f"LOCK TABLE {DEVICES} IN SHARE MODE")
+        cur.execute(f"DELETE FROM {DELTAS}")
+        cur.execute(f"DELETE FROM {COUNTS}")
+        cur.execute(
+            f"""INSERT INTO {COUNTS} (organization_id, fleet_id, status, n)
+                SELECT organization_id, fleet_id, overall_status, count(*) FROM {DEVICES}
+                GROUP BY organization_id, fleet_id, overall_status"""
+        )
+        cur.execute(f"SELECT coalesce(sum(n), 0) FROM {COUNTS}")
+        (total,) = cur.fetchone()
+    return int(total)
+
+
+def mismatches(connection=default_connection) -> dict[tuple[int, int, str], tuple[int, int]]:
+    """{(organization, fleet, status): (kept count, real count)} wherever they differ; {} when exact.
+
+    One statement, so one snapshot: a device write committing meanwhile (with its delta) cannot
+    make it report a difference that never existed."""
+    with connection.cursor() as cur:
+        cur.execute(
+            f"""SELECT organization_id, fleet_id, status, sum(kept), sum(actual) FROM (
+                    SELECT organization_id, fleet_id, status, n AS kept, 0 AS actual FROM {COUNTS}
+                    UNION ALL SELECT organization_id, fleet_id, status, n, 0 FROM {DELTAS}
+                    UNION ALL SELECT organization_id, fleet_id, overall_status, 0, count(*) FROM {DEVICES}
+                              GROUP BY organization_id, fleet_id, overall_status
+                ) AS both_counts GROUP BY organization_id, fleet_id, status HAVING sum(kept) <> sum(actual)"""
+        )
+        return {(o, f, s): (int(k), int(a)) for o, f, s, k, a in cur.fetchall()}
+
+
+# --- Reading -----------------------------------------------------------------------------------------
+
+
+def _where(organization_ids: Iterable[int], fleet_ids: Iterable[int] | None) -> tuple[str, list[int]] | None:
+    """The WHERE clause and its parameters; None when it can match nothing (no query needed)."""
+    orgs = list(organization_ids)
+    fleets = None if fleet_ids is None else list(fleet_ids)
+    if not orgs or fleets == []:
+        return None
+    clause = f"organization_id IN ({', '.join(['%s'] * len(orgs))})"
+    if fleets is not None:
+        clause += f" AND fleet_id IN ({', '.join(['%s'] * len(fleets))})"
+        orgs += fleets
+    return clause, orgs
+
+
+def status_counts(organization_ids: Iterable[int], fleet_ids: Iterable[int] | None = None) -> dict[str, int]:
+    """Devices per status in these organizations (and fleets), every status present: one query."""
+    counts = dict.fromkeys(STATUS_SLUGS, 0)
+    scope = _where(organization_ids, fleet_ids)
+    if scope is None:
+        return counts
+    where, params = scope
+    with default_connection.cursor() as cur:
+        cur.execute(
+            f"""SELECT status, sum(n) FROM (
+                    SELECT status, n FROM {COUNTS} WHERE {where}
+                    UNION ALL SELECT status, n FROM {DELTAS} WHERE {where}
+                ) AS kept GROUP BY status""",
+            params + params,
+        )
+        for status, n in cur.fetchall():
+            if n:
+                counts[status] = int(n)
+    return counts
+
+
+def fleet_status_counts(organization_ids: Iterable[int]) -> dict[int, dict[str, int]]:
+    """{fleet id: {status: count}} for every fleet of the organizations that has devices: one query."""
+    counts: dict[int, dict[str, int]] = defaultdict(lambda: dict.fromkeys(STATUS_SLUGS, 0))
+    scope = _where(organization_ids, None)
+    if scope is None:
+        return counts
+    where, params = scope
+    with default_connection.cursor() as cur:
+        cur.execute(
+            f"""SELECT fleet_id, status, sum(n) FROM (
+                    SELECT fleet_id, status, n FROM {COUNTS} WHERE {where}
+                    UNION ALL SELECT fleet_id, status, n FROM {DELTAS} WHERE {where}
+                ) AS kept GROUP BY fleet_id, status""",
+            params + params,
+        )
+        for fleet_id, status, n in cur.fetchall():
+            if n:
+                counts[fleet_id][status] = int(n)
+    return counts
