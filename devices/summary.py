@@ -329,30 +329,24 @@ def uptime(device: Device, now: datetime, current_status: str) -> list[Uptime]:
     widest = max(span for _, span in UPTIME_WINDOWS)
     base = now - widest
     in_window = StatusTransition.objects.filter(device=device, at__gt=base, at__lte=now).order_by()
-
-    def offsets(sign: int) -> dict:
-        sums = {}
-        for i, (_, span) in enumerate(UPTIME_WINDOWS):
-            start = now - span
-            diff = F("at") - Value(start) if sign > 0 else Value(start) - F("at")
-            sums[f"w{i}"] = Sum(ExpressionWrapper(diff, output_field=DurationField()), filter=Q(at__gt=start))
-        return sums
-
-    leaving = (
-        in_window.values(status=F("from_status"))
-        .annotate(**offsets(+1))
-        .values_list("status", *[f"w{i}" for i in range(len(UPTIME_WINDOWS))])
-    )
-    entering = (
-        in_window.values(status=F("to_status"))
-        .annotate(**offsets(-1))
-        .values_list("status", *[f"w{i}" for i in range(len(UPTIME_WINDOWS))])
-    )
+    # One pass over the widest window's transitions, grouped by (from, to) pair (a handful of
+    # groups): the pair's sum of (at - start) counts for its from_status and against its to_status.
+    # (Two aggregates, one per side, UNIONed, read the rows twice and made PostgreSQL plan a
+    # parallel query whose worker start-up cost more than the sums.)
+    sums = {}
+    for i, (_, span) in enumerate(UPTIME_WINDOWS):
+        start = now - span
+        diff = ExpressionWrapper(F("at") - Value(start), output_field=DurationField())
+        sums[f"w{i}"] = Sum(diff, filter=Q(at__gt=start)) if start > base else Sum(diff)
+    names = [f"w{i}" for i in range(len(UPTIME_WINDOWS))]
+    pairs = in_window.values("from_status", "to_status").annotate(**sums).values_list("from_status", "to_status", *names)
     totals: list[dict[str, float]] = [dict() for _ in UPTIME_WINDOWS]
-    for status, *sums in leaving.union(entering, all=True):
-        for i, value in enumerate(sums):
+    for leaving, entering, *values in pairs:
+        for i, value in enumerate(values):
             if value is not None:
-                totals[i][status] = totals[i].get(status, 0.0) + _seconds(value)
+                seconds = _seconds(value)
+                totals[i][leaving] = totals[i].get(leaving, 0.0) + seconds
+                totals[i][entering] = totals[i].get(entering, 0.0) - seconds
     result = []
     for i, (label, span) in enumerate(UPTIME_WINDOWS):
         seconds = totals[i]
@@ -363,8 +357,8 @@ def uptime(device: Device, now: datetime, current_status: str) -> list[Uptime]:
 
 
 def _seconds(value: timedelta | int | float) -> float:
-    # Django returns a timedelta for a DurationField aggregate; in a UNION some backends hand back
-    # the raw value (microseconds on SQLite).
+    # Django returns a timedelta for a DurationField aggregate; some backends may hand back the raw
+    # value (microseconds on SQLite).
     if isinstance(value, timedelta):
         return value.total_seconds()
     return float(value) / 1_000_000
