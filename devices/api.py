@@ -165,6 +165,22 @@ def target_state(request: HttpRequest, uuid: str) -> HttpResponse:
 def state_report(request: HttpRequest) -> HttpResponse:
     key = bearer_key(request)
     body = reports.split_state_body(read_json(request, REPORT_MAX_BYTES))
+    if len(body) == 1:
+        # The usual report: one query reads the device's key hash together with everything the
+        # write is decided on, and a report that leaves the status alone is one UPDATE
+        # (services.apply_state_report). Anything else (unknown UUID, wrong key) is decided below.
+        ((uuid, report),) = body.items()
+        snapshot = services.state_report_snapshot(uuid)
+        if snapshot is not None and key_matches(key, snapshot["api_key_hash"]):
+            changes = reports.parse_state_report(report)
+            now = timezone.now()
+            # A report is contact ("last seen") but not a heartbeat, and does not reactivate (DESIGN.md §2.2).
+            changes.update(last_state_report_at=now, last_seen_at=now)
+            try:
+                services.apply_state_report(snapshot, changes, at=now)
+            except Device.DoesNotExist:
+                return error(401, WRONG_DEVICE_KEY)
+            return JsonResponse({})
     named = Device.objects.filter(uuid__in=list(body)).order_by().only("pk", "uuid", "api_key_hash")
     own = [d for d in named if key_matches(key, d.api_key_hash)]
     if not own:

@@ -388,6 +388,77 @@ def record_heartbeat(
         return update_device(locked.pk, heartbeat_changes(locked, at), reason="target state fetched", at=at)
 
 
+# --- State reports (PATCH /device/v3/state) -------------------------------------------------------
+
+STATE_REPORTED = "state report"
+# Every column a state report can write (devices/reports.py), the two contact times included.
+STATE_REPORT_FIELDS: tuple[str, ...] = (
+    "status",
+    "os_version",
+    "os_variant",
+    "supervisor_version",
+    "ip_address",
+    "mac_address",
+    "provisioning_state",
+    "provisioning_progress",
+    "memory_usage",
+    "memory_total",
+    "storage_usage",
+    "storage_total",
+    "cpu_usage",
+    "cpu_temp",
+    "is_undervolted",
+    "update_status",
+    "download_progress",
+    "release",
+    "last_state_report_at",
+    "last_seen_at",
+)
+# What the overall status of a device is decided on, as stored on its row: the rule's signals
+# (effective_cloudlink is the device override, else its fleet's switch) and the status itself.
+_ROW_SIGNALS: tuple[str, ...] = tuple(s for s in SIGNALS if s != "effective_cloudlink")
+STATUS_GUARD_FIELDS: tuple[str, ...] = (*_ROW_SIGNALS, "cloudlink_enabled", "overall_status")
+_MISSING = object()
+
+
+def state_report_snapshot(uuid: str) -> dict[str, Any] | None:
+    """The one read of a state report: the device's key hash, status inputs and reportable columns.
+
+    Not locked: apply_state_report() writes only under a guard that these values still hold.
+    """
+    fields = {"pk", "uuid", "api_key_hash", "fleet__cloudlink_enabled", *STATUS_GUARD_FIELDS, *STATE_REPORT_FIELDS}
+    rows = list(Device.objects.filter(uuid=uuid).order_by().values(*sorted(fields))[:1])
+    return rows[0] if rows else None
+
+
+def apply_state_report(snapshot: Mapping[str, Any], changes: dict[str, Any], *, at: datetime) -> bool:
+    """Store a state report of the device read by state_report_snapshot(); True if one UPDATE did it.
+
+    A report that cannot change the overall status (the rule of devices.status, evaluated on the
+    read signals with the reported ones applied) is ONE plain UPDATE of the columns whose value
+    changes, guarded by every status input and the status as read: if anything the status depends
+    on changed since the read, the guard matches no row and the report takes the locked path.
+    Otherwise update_device() locks the row, recomputes and writes the transition, as for any
+    change. Raises Device.DoesNotExist if the device is gone.
+    """
+    signals = {name: changes.get(name, snapshot[name]) for name in _ROW_SIGNALS}
+    own = snapshot["cloudlink_enabled"]
+    signals["effective_cloudlink"] = snapshot["fleet__cloudlink_enabled"] if own is None else own
+    if compute_status(signals).value == snapshot["overall_status"]:
+        # (A report writes no field the device cache of devices/devcache.py holds.)
+        diff = {name: value for name, value in changes.items() if snapshot.get(name, _MISSING) != value}
+        if not diff:
+            return True
+        guard: dict[str, Any] = {}
+        for name in STATUS_GUARD_FIELDS:
+            value = snapshot[name]
+            guard[f"{name}__isnull" if value is None else name] = True if value is None else value
+        if Device.objects.filter(pk=snapshot["pk"], **guard).update(**diff):
+            return True
+    update_device(snapshot["pk"], changes, reason=STATE_REPORTED, at=at)
+    return False
+
+
 @dataclass
 class WriteBack:
     """What write_back_heartbeats did with a batch of fetch times."""
@@ -529,27 +600,78 @@ def expire_heartbeats(
             due = Device.objects.filter(api_heartbeat_state=HeartbeatState.ONLINE, heartbeat_deadline__lte=now)
             if after is not None:
                 due = due.filter(Q(heartbeat_deadline__gt=after[0]) | Q(heartbeat_deadline=after[0], pk__gt=after[1]))
+            # Plain values, only what the rule and the stamp need (no models), locked in the
+            # order of the partial index dev_heartbeat_due.
             rows = list(
-                due.select_related("fleet")
+                annotate_signals(due)
                 .select_for_update(of=("self",), skip_locked=True)
-                .order_by("heartbeat_deadline", "pk")[:batch_size]
+                .order_by("heartbeat_deadline", "pk")
+                .values(*_EXPIRY_FIELDS)[:batch_size]
             )
             if not rows:
                 return written
-            after = (rows[-1].heartbeat_deadline, rows[-1].pk)
+            after = (rows[-1]["heartbeat_deadline"], rows[-1]["pk"])
             expiring = rows
             if claim is not None:
-                allowed = set(claim([d.pk for d in rows]))
-                expiring = [d for d in rows if d.pk in allowed]
-            written += _apply_locked(
-                expiring,
-                {"api_heartbeat_state": HeartbeatState.OFFLINE},
-                HEARTBEAT_EXPIRED,
-                now,
-                transition_at_field="heartbeat_deadline",
-            )
+                allowed = set(claim([row["pk"] for row in rows]))
+                expiring = [row for row in rows if row["pk"] in allowed]
+            written += _expire_locked(expiring)
         if len(rows) < batch_size:
             return written
+
+
+_EXPIRY_FIELDS = ("pk", "heartbeat_deadline", "overall_status", "status_changed_at", *SIGNALS)
+
+
+def _expire_locked(rows: Sequence[Mapping[str, Any]]) -> int:
+    """Turn the heartbeat of locked due rows offline: ONE UPDATE and ONE INSERT for the whole batch.
+
+    The status of each row is the rule (devices.status.compute_status) applied to its locked
+    signals with the heartbeat offline; a row whose status changes gets a transition stamped at
+    its deadline, or at its last change if that is later (the rule of _stage: a history never runs
+    backwards). Rows come from expire_heartbeats (values of _EXPIRY_FIELDS). Returns transitions.
+    """
+    if not rows:
+        return 0
+    offline = HeartbeatState.OFFLINE.value
+    # (The heartbeat state is not a field of the device cache of devices/devcache.py.)
+    changes = {"api_heartbeat_state": offline}
+    updates: list[tuple[int, str | None, datetime | None]] = []
+    transitions: list[tuple[int, str, str, datetime]] = []
+    for row in rows:
+        new_status = compute_status({**row, **changes}).value
+        if new_status == row["overall_status"]:
+            updates.append((row["pk"], None, None))
+            continue
+        at = row["heartbeat_deadline"]
+        if row["status_changed_at"] is not None and row["status_changed_at"] > at:
+            at = row["status_changed_at"]
+        updates.append((row["pk"], new_status, at))
+        transitions.append((row["pk"], row["overall_status"], new_status, at))
+    qn = connection.ops.quote_name
+    table = qn(Device._meta.db_table)
+    col = {name: qn(Device._meta.get_field(name).column) for name in ("id", "api_heartbeat_state", "overall_status", "status_changed_at")}
+    adapt = connection.ops.adapt_datetimefield_value
+    if connection.vendor == "postgresql":
+        source = "unnest(%s::bigint[], %s::text[], %s::timestamptz[]) AS v(id, status, changed)"
+        ids, statuses, stamps = (list(column) for column in zip(*updates, strict=True))
+        source_params: list[Any] = [ids, statuses, [adapt(at) if at else None for at in stamps]]
+    else:
+        source = (
+            "(SELECT json_extract(value, '$[0]') AS id, json_extract(value, '$[1]') AS status, "
+            "json_extract(value, '$[2]') AS changed FROM json_each(%s)) AS v"
+        )
+        source_params = [json.dumps([[pk, status, adapt(at) if at else None] for pk, status, at in updates])]
+    sql = (
+        f"UPDATE {table} SET {col['api_heartbeat_state']} = %s, "
+        f"{col['overall_status']} = COALESCE(v.status, {table}.{col['overall_status']}), "
+        f"{col['status_changed_at']} = COALESCE(v.changed, {table}.{col['status_changed_at']}) "
+        f"FROM {source} WHERE {table}.{col['id']} = v.id"
+    )
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [offline, *source_params])
+    _insert_transitions_each(transitions, reason=HEARTBEAT_EXPIRED)
+    return len(transitions)
 
 
 # --- Staff changes (the Django admin) ----------------------------------------------------------
@@ -768,6 +890,31 @@ def _insert_transitions(rows: Sequence[tuple[int, str, str]], *, at: datetime, r
             "json_extract(value, '$[2]'), %s, %s FROM json_each(%s)"
         )
         params = [stamp, reason[:200], json.dumps(list(rows))]
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+
+
+def _insert_transitions_each(rows: Sequence[tuple[int, str, str, datetime]], *, reason: str) -> None:
+    """One INSERT for many (device id, from, to, at) transitions sharing a reason."""
+    if not rows:
+        return
+    qn = connection.ops.quote_name
+    table = qn(StatusTransition._meta.db_table)
+    cols = ", ".join(qn(StatusTransition._meta.get_field(f).column) for f in ("device", "from_status", "to_status", "at", "reason"))
+    adapt = connection.ops.adapt_datetimefield_value
+    if connection.vendor == "postgresql":
+        ids, froms, tos, stamps = (list(column) for column in zip(*rows, strict=True))
+        sql = (
+            f"INSERT INTO {table} ({cols}) SELECT d, f, t, a, %s "
+            "FROM unnest(%s::bigint[], %s::text[], %s::text[], %s::timestamptz[]) AS x(d, f, t, a)"
+        )
+        params: list[Any] = [reason[:200], ids, froms, tos, [adapt(at) for at in stamps]]
+    else:
+        sql = (
+            f"INSERT INTO {table} ({cols}) SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]'), "
+            "json_extract(value, '$[2]'), json_extract(value, '$[3]'), %s FROM json_each(%s)"
+        )
+        params = [reason[:200], json.dumps([[pk, f, t, adapt(at)] for pk, f, t, at in rows])]
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
 
