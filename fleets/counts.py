@@ -262,21 +262,22 @@ def status_counts(organization_ids: Iterable[int], fleet_ids: Iterable[int] | No
 
 
 def fleet_status_counts(organization_ids: Iterable[int]) -> dict[int, dict[str, int]]:
-    """{fleet id: {status: count}} for every fleet of the organizations that has devices: one query."""
+    """{fleet id: {status: count}} for every fleet of the organizations that has devices: one query,
+    one row per fleet (pivoted in SQL: a thousand fleets are a thousand rows, not nine thousand)."""
     counts: dict[int, dict[str, int]] = defaultdict(lambda: dict.fromkeys(STATUS_SLUGS, 0))
     scope = _where(organization_ids, None)
     if scope is None:
         return counts
     where, params = scope
+    columns = ", ".join(f"sum(CASE WHEN status = %s THEN n ELSE 0 END)" for _ in STATUS_SLUGS)
     with default_connection.cursor() as cur:
         cur.execute(
-            f"""SELECT fleet_id, status, sum(n) FROM (
+            f"""SELECT fleet_id, {columns} FROM (
                     SELECT fleet_id, status, n FROM {COUNTS} WHERE {where}
                     UNION ALL SELECT fleet_id, status, n FROM {DELTAS} WHERE {where}
-                ) AS kept GROUP BY fleet_id, status""",
-            params + params,
+                ) AS kept GROUP BY fleet_id""",
+            [*STATUS_SLUGS, *params, *params],
         )
-        for fleet_id, status, n in cur.fetchall():
-            if n:
-                counts[fleet_id][status] = int(n)
+        for fleet_id, *values in cur.fetchall():
+            counts[fleet_id] = dict(zip(STATUS_SLUGS, map(int, values), strict=True))
     return counts

@@ -134,7 +134,7 @@ def test_htmx_poll_renders_the_fragment_only(owner_client, make_device):
     assert "<html" not in body and '<header class="topbar"' not in body
 
 
-FLEETS_QUERIES = 6  # session, user, memberships, fleets, devices grouped by fleet and status, dead-man's switch
+FLEETS_QUERIES = 6  # session, user, memberships, fleets, kept counts by fleet and status, dead-man's switch
 
 
 def _queries(client) -> int:
@@ -153,8 +153,10 @@ def test_query_count_does_not_grow_with_fleets_or_devices(owner_client, make_dev
     assert _queries(owner_client) == small == FLEETS_QUERIES
     with CaptureQueriesContext(connection) as ctx:
         owner_client.get(URL)
+    # The counts come from the kept counts (fleets/counts.py), never from a scan of the devices.
+    assert not [q["sql"] for q in ctx.captured_queries if "devices_device" in q["sql"]]
     grouped = [q["sql"] for q in ctx.captured_queries if "GROUP BY" in q["sql"].upper()]
-    assert len(grouped) == 1 and "devices_device" in grouped[0]
+    assert len(grouped) == 1 and "fleets_statuscount" in grouped[0]
 
 
 def test_names_from_users_are_escaped(owner_client, make_device, make_fleet, org):
@@ -166,3 +168,67 @@ def test_names_from_users_are_escaped(owner_client, make_device, make_fleet, org
     page = html(owner_client.get(URL))
     assert "<script>alert" not in page and "<img src=x" not in page
     assert "&lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt;" in card(owner_client.get(URL), "evil")
+
+
+# --- Pages and sorting --------------------------------------------------------------------------------
+
+
+def fleet_order(response) -> list[str]:
+    return re.findall(r'<li class="fleet-card" data-fleet="([^"]+)">', html(response))
+
+
+@pytest.fixture
+def three_per_page(monkeypatch):
+    from fleets import views
+
+    monkeypatch.setattr(views, "FLEETS_PER_PAGE", 3)
+
+
+@pytest.mark.usefixtures("three_per_page")
+def test_fleets_are_paginated_with_the_organization_on_every_page(owner_client, make_device, make_fleet, org):
+    for i in range(6):
+        make_fleet(org, f"f{i}")  # kiosks + f0..f5: 7 fleets, 3 per page
+    device_in(make_device, "online")
+    first = owner_client.get(URL)
+    assert fleet_order(first) == ["f0", "f1", "f2"]
+    assert 'aria-label="Pages"' in html(first) and 'href="?page=2"' in html(first)
+    assert "Fleets 1–3 of 7" in text(html(first)) and "4 more fleets of Northwind on other pages." in text(html(first))
+    last = owner_client.get(URL + "?page=3")
+    assert fleet_order(last) == ["kiosks"]
+    # The organization's usage counts every fleet, whichever page is shown.
+    assert 'data-org-active="1"' in org_head(last, org.slug)
+    assert _queries(owner_client) == FLEETS_QUERIES
+    with CaptureQueriesContext(connection) as ctx:
+        owner_client.get(URL + "?page=3&sort=devices")
+    assert len(ctx.captured_queries) == FLEETS_QUERIES
+
+
+@pytest.mark.usefixtures("three_per_page")
+def test_sorted_by_size_or_by_devices_not_online(owner_client, make_device, make_fleet, org):
+    big, _ = make_fleet(org, "big")
+    sick, _ = make_fleet(org, "sick")
+    make_fleet(org, "empty")
+    for _ in range(3):
+        device_in(make_device, "online", fleet=big)
+    for _ in range(2):
+        device_in(make_device, "offline", fleet=sick)
+    device_in(make_device, "online")  # kiosks
+    assert fleet_order(owner_client.get(URL)) == ["big", "empty", "kiosks"]
+    by_size = owner_client.get(URL + "?sort=devices")
+    assert fleet_order(by_size) == ["big", "sick", "kiosks"]
+    assert 'aria-current="true">Most devices</a>' in html(by_size)
+    assert fleet_order(owner_client.get(URL + "?sort=not_online")) == ["sick", "big", "empty"]
+    # The pager keeps the sort.
+    assert 'href="?sort=devices&amp;page=2"' in html(by_size)
+    assert fleet_order(owner_client.get(URL + "?sort=devices&page=2")) == ["empty"]
+
+
+@pytest.mark.usefixtures("three_per_page")
+def test_bad_sort_or_page_is_named_and_ignored(owner_client, make_fleet, org):
+    for i in range(4):
+        make_fleet(org, f"f{i}")
+    response = owner_client.get(URL + "?sort=bogus&page=x")
+    assert response.status_code == 200 and fleet_order(response) == ["f0", "f1", "f2"]
+    assert "Cannot sort fleets by 'bogus'" in text(html(response)) and "Page 'x' is not a page number" in text(html(response))
+    beyond = owner_client.get(URL + "?page=99")
+    assert fleet_order(beyond) == ["f3"] and "There is no page 99; showing the last page (2)." in text(html(beyond))
