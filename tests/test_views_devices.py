@@ -565,3 +565,23 @@ def test_device_and_fleet_names_are_escaped(owner_client, make_device, fleet):
 def test_only_safe_methods(owner_client):
     assert owner_client.head(URL).status_code == 200
     assert owner_client.post(URL).status_code == 405
+
+
+@pytest.mark.parametrize(
+    "params",
+    ["", "status=offline", "status=offline&status=updating&page=3", "q=a+b%26c&sort=-name", "page=2", "fleet=org/ki+osks&q=é"],
+)
+@pytest.mark.parametrize(
+    "changes", [{"status": None, "page": None}, {"status": "online", "page": None}, {"sort": "-last_seen", "page": None}]
+)
+def test_query_links_render_what_the_querystring_tag_renders(params, changes):
+    from django.http import QueryDict
+    from django.template import RequestContext, Template
+    from django.test import RequestFactory
+
+    from devices.views import query_links
+
+    request = RequestFactory().get(f"/devices/?{params}")
+    args = " ".join(f"{k}=None" if v is None else f'{k}="{v}"' for k, v in changes.items())
+    expected = Template("{% querystring " + args + " %}").render(RequestContext(request))
+    assert query_links(QueryDict(params))(**changes) == expected.replace("&amp;", "&")

@@ -370,17 +370,24 @@ _ROW_CLASS = {"inactive": ' class="row--inactive"', "frozen": ' class="row--froz
 def device_rows(context, devices, devices_url: str, fleet_link: str) -> SafeString:
     """The Devices table's <tr> for each device (the Device rows of devices/queries.py ROW_FIELDS)."""
     out = []
+    devices_url, fleet_link = _esc(devices_url), _esc(fleet_link)
+    fleet_cells: dict[tuple[str, str], str] = {}  # a page shows a few fleets, many times each
     for d in devices:
         fleet = d.fleet
-        fleet_name = _esc(fleet.name)
+        fleet_cell = fleet_cells.get((fleet.slug, fleet.name))
+        if fleet_cell is None:
+            fleet_name = _esc(fleet.name)
+            fleet_cell = fleet_cells[fleet.slug, fleet.name] = (
+                f'<a class="quiet-link" href="{fleet_link}{_esc(quote(fleet.slug, safe="/"))}" '
+                f'title="Show only {fleet_name}">{fleet_name}</a>'
+            )
         uuid = _esc(d.uuid)
         out.append(
             f'<tr data-uuid="{uuid}"{_ROW_CLASS.get(d.overall_status, "")}>\n'
-            f'          <th scope="row" class="col-name"><a href="{_esc(devices_url)}{uuid}/">{_esc(d.name)}</a></th>\n'
+            f'          <th scope="row" class="col-name"><a href="{devices_url}{uuid}/">{_esc(d.name)}</a></th>\n'
             f'          <td class="col-status">{badge_html(d)}\n</td>\n'
-            f'          <td class="col-uuid"><code title="{uuid}">{_esc(d.short_uuid)}</code></td>\n'
-            f'          <td class="col-fleet"><a class="quiet-link" href="{_esc(fleet_link)}{_esc(quote(fleet.slug, safe="/"))}" '
-            f'title="Show only {fleet_name}">{fleet_name}</a></td>\n'
+            f'          <td class="col-uuid"><code title="{uuid}">{_esc(d.uuid[:7])}</code></td>\n'
+            f'          <td class="col-fleet">{fleet_cell}</td>\n'
             f'          <td class="col-device_type">{_dash(d.device_type)}</td>\n'
             f'          <td class="col-os">{_dash(d.os_version)}</td>\n'
             f'          <td class="col-release">{_release(d.release)}</td>\n'
