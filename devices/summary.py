@@ -15,7 +15,8 @@ from django.db.models import DurationField, ExpressionWrapper, F, Q, Sum, Value
 from devices.models import Device, StatusTransition, heartbeat_window
 from devices.status import RULES, HeartbeatState, Status, UpdateStatus, compute_status
 
-HISTORY_LIMIT = 100
+# Status changes per page of the Device Summary's history (older pages: ?before=<transition id>).
+HISTORY_LIMIT = 25
 UPTIME_WINDOWS: tuple[tuple[str, timedelta], ...] = (
     ("24 h", timedelta(hours=24)),
     ("7 d", timedelta(days=7)),
@@ -249,16 +250,34 @@ class HistoryRow:
     ongoing: bool
 
 
-def history(device: Device, now: datetime, limit: int = HISTORY_LIMIT) -> tuple[list[HistoryRow], bool]:
-    """The latest `limit` transitions, newest first, each with how long it lasted; and whether
-    older ones exist. One index range read on (device, -at, -id), however long the history is."""
-    rows = list(StatusTransition.objects.filter(device=device).order_by("-at", "-id")[: limit + 1])
+def history(
+    device: Device, now: datetime, limit: int = HISTORY_LIMIT, before: int | None = None
+) -> tuple[list[HistoryRow], bool] | None:
+    """A page of `limit` transitions, newest first, each with how long it lasted; and whether older
+    ones exist. One index range read on (device, -at, -id), however long the history is.
+
+    `before` (a transition id of this device) starts the page just after it: the row itself is read
+    too, for how long the first row of the page lasted, and dropped. None when `before` is not a
+    transition of this device.
+    """
+    transitions = StatusTransition.objects.filter(device=device).order_by("-at", "-id")
+    if before is not None:
+        # (at, id) <= the named transition's, as one row comparison on the index.
+        transitions = transitions.extra(
+            where=["(at, id) <= (SELECT t.at, t.id FROM devices_statustransition t WHERE t.id = %s AND t.device_id = %s)"],
+            params=[before, device.pk],
+        )
+    rows = list(transitions[: limit + 1 + (before is not None)])
+    until = now
+    if before is not None:
+        if not rows or rows[0].pk != before:
+            return None
+        until = rows.pop(0).at
     more = len(rows) > limit
     rows = rows[:limit]
     result = []
-    until = now
     for i, t in enumerate(rows):
-        result.append(HistoryRow(t, max(until - t.at, timedelta(0)), ongoing=i == 0))
+        result.append(HistoryRow(t, max(until - t.at, timedelta(0)), ongoing=before is None and i == 0))
         until = t.at
     return result, more
 

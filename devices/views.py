@@ -271,8 +271,20 @@ def device_detail(request: HttpRequest, uuid: str) -> HttpResponse:
     if device is None:
         raise Http404("No such device in your organizations.")
     now = timezone.now()
-    rows, more = history(device, now)
-    current = rows[0].transition.to_status if rows else device.overall_status
+    # ?before=<transition id>: an older page of the history (the link under the table).
+    before_param = request.GET.get("before", "").strip()
+    history_notice = ""
+    page = None
+    if before_param:
+        if before_param.isdigit() and int(before_param) < 2**63:
+            page = history(device, now, before=int(before_param))
+        if page is None:
+            history_notice = f"{before_param[:20]!r} is not a status change of this device; showing the latest."
+    older = page is not None
+    rows, more = page if older else history(device, now)
+    # The newest transition's status is the one the uptime counts up to now (the stored status on
+    # older pages, which do not read the newest transition).
+    current = rows[0].transition.to_status if rows and not older else device.overall_status
     context = {
         "page_name": device.name,
         "now": now,
@@ -280,6 +292,9 @@ def device_detail(request: HttpRequest, uuid: str) -> HttpResponse:
         "explanation": explain(device, now),
         "history": rows,
         "history_more": more,
+        "history_older": older,
+        "history_next": rows[-1].transition.pk if more else None,
+        "history_notice": history_notice,
         "uptime": uptime(device, now, current),
         "uptime_windows": [label for label, _ in UPTIME_WINDOWS],
         "not_online": 0 if device.overall_status == Status.ONLINE else 1,

@@ -224,17 +224,36 @@ def _bulk_history(device, n: int, start: datetime, step: timedelta) -> None:
     StatusTransition.objects.bulk_create(rows)
 
 
-def test_history_is_limited_to_the_latest_100(owner_client, make_device):
+def test_history_is_paged_25_changes_at_a_time(owner_client, make_device):
     d = device_in(make_device, "configuring", at=T0)
-    _bulk_history(d, 150, T0 + timedelta(minutes=1), timedelta(minutes=1))
+    _bulk_history(d, 60, T0 + timedelta(minutes=1), timedelta(minutes=1))
+    newest = list(StatusTransition.objects.filter(device=d).order_by("-at", "-id"))
+    assert len(newest) > 50
     with time_machine.travel(T0 + 4 * H, tick=False):
         response = owner_client.get(url(d))
-    hist = section(response, "history")
-    rows = re.findall(r'<tr data-transition="(\d+)">', hist)
-    assert len(rows) == 100
-    newest = StatusTransition.objects.filter(device=d).order_by("-at", "-id")[:100]
-    assert [int(r) for r in rows] == [t.pk for t in newest]
-    assert "Showing the latest 100 changes." in hist
+        hist = section(response, "history")
+        rows = [int(r) for r in re.findall(r'<tr data-transition="(\d+)">', hist)]
+        assert rows == [t.pk for t in newest[:25]]
+        assert "Showing the latest 25 changes." in hist and "ongoing," in hist
+        older = re.search(r'href="\?before=(\d+)"[^>]*>Older changes', hist)
+        assert older and int(older.group(1)) == newest[24].pk
+        second = section(owner_client.get(url(d) + f"?before={older.group(1)}"), "history")
+        rows = [int(r) for r in re.findall(r'<tr data-transition="(\d+)">', second)]
+        assert rows == [t.pk for t in newest[25:50]]
+        # The first row of an older page lasted until the change after it, not until now.
+        assert "ongoing," not in second and "1 min" in text(second)
+        assert 'href="?">' in second or "Latest changes" in second
+        last = int(re.search(r'href="\?before=(\d+)"[^>]*>Older changes', second).group(1))
+        third = section(owner_client.get(url(d) + f"?before={last}"), "history")
+        rows = [int(r) for r in re.findall(r'<tr data-transition="(\d+)">', third)]
+        assert rows == [t.pk for t in newest[50:]] and "Older changes" not in third
+        # Another device's transition, or garbage, shows the latest page with a notice.
+        other = device_in(make_device, "online", at=T0)
+        foreign = StatusTransition.objects.filter(device=other).first().pk
+        for bad in (str(foreign), "x1", "99999999999999999999"):
+            page = section(owner_client.get(url(d) + f"?before={bad}"), "history")
+            assert [int(r) for r in re.findall(r'<tr data-transition="(\d+)">', page)] == [t.pk for t in newest[:25]]
+            assert "is not a status change of this device" in text(page)
 
 
 SUMMARY_QUERIES = 7  # session, user, memberships, device, history, uptime, dead-man's switch
