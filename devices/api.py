@@ -24,7 +24,7 @@ from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.utils import timezone
 from django.views.decorators.csrf import csrf_exempt
 
-from devices import heartbeats, reports, services
+from devices import devcache, heartbeats, reports, services
 from devices.models import Device
 from devices.reports import BadRequest
 from fleets.keys import hash_key, key_matches
@@ -124,10 +124,15 @@ def register(request: HttpRequest) -> HttpResponse:
 
 def target_config(device: Device) -> dict[str, str]:
     """The supervisor configuration a device is told; balena sends every value as a string."""
+    return config_for(device.effective_poll_interval, device.effective_cloudlink)
+
+
+def config_for(poll_interval: int, cloudlink: bool) -> dict[str, str]:
+    """target_config from the effective values (the cached fast path has no Device to ask)."""
     return {
         # The device polls at this rate, which is what its heartbeat window is measured against.
-        "BALENA_SUPERVISOR_POLL_INTERVAL": str(device.effective_poll_interval * 1000),
-        "BALENA_SUPERVISOR_VPN_CONTROL": "true" if device.effective_cloudlink else "false",
+        "BALENA_SUPERVISOR_POLL_INTERVAL": str(poll_interval * 1000),
+        "BALENA_SUPERVISOR_VPN_CONTROL": "true" if cloudlink else "false",
         "BALENA_SUPERVISOR_CONNECTIVITY_CHECK": "true",
         "BALENA_SUPERVISOR_INSTANT_UPDATE_TRIGGER": "true",
         "BALENA_SUPERVISOR_LOCAL_MODE": "false",
@@ -139,7 +144,10 @@ def target_config(device: Device) -> dict[str, str]:
 def target_state(request: HttpRequest, uuid: str) -> HttpResponse:
     key = bearer_key(request)
     reports.device_uuid(uuid, "uuid")
-    # The one query of a steady-state fetch: the device with its fleet (for interval and cloudlink).
+    # A steady-state fetch never gets here: devices.fastpath answers it from the device cache
+    # (devices/devcache.py). This is the database path: a cache miss, a heartbeat that is not
+    # online in Redis or late, no Redis. The one query when the heartbeat is on time: the device
+    # with its fleet (for interval and cloudlink).
     try:
         device = Device.objects.select_related("fleet").get(uuid=uuid)
     except Device.DoesNotExist:
@@ -147,6 +155,9 @@ def target_state(request: HttpRequest, uuid: str) -> HttpResponse:
         return error(401, WRONG_DEVICE_KEY)
     if not key_matches(key, device.api_key_hash):
         return error(401, WRONG_DEVICE_KEY)
+    # Generations the fast path read before this database read: the fill is refused if a change
+    # was committed in between (devcache's race guard).
+    devcache.fill(device, request.META.get(devcache.GENERATIONS_META), timezone.now())
     if device.is_frozen:
         # Frozen devices are not managed: no target state, and the fetch does not count.
         return HttpResponse(status=304)

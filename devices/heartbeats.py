@@ -161,6 +161,12 @@ class HeartbeatStore:
     def mark_online(self, device_id: int, deadline: datetime) -> None:
         self.client.zadd(ONLINE, {str(device_id): to_us(deadline)})
 
+    def mark_online_many(self, deadlines: dict[int, datetime], batch_size: int = 10_000) -> None:
+        """mark_online for many devices whose heartbeat is online in the database (pipelined batches)."""
+        items = list(deadlines.items())
+        for start in range(0, len(items), batch_size):
+            self.client.zadd(ONLINE, {str(pk): to_us(deadline) for pk, deadline in items[start : start + batch_size]})
+
     # --- the sweep --------------------------------------------------------------------------
 
     def ensure_trusted(self, now: datetime) -> tuple[str, int | None]:
@@ -252,7 +258,8 @@ class HeartbeatStore:
     def reset(self) -> None:
         """Empty and trusted (a fresh installation whose database has no unflushed fetches; tests)."""
         pipe = self.client.pipeline()
-        pipe.delete(SEEN, ONLINE)
+        # UNLINK frees in the background: a DEL of a million-member set outlasts SOCKET_TIMEOUT.
+        pipe.unlink(SEEN, ONLINE)
         pipe.set(EPOCH, uuid.uuid4().hex)
         pipe.execute()
 

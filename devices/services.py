@@ -24,6 +24,7 @@ from django.db.models.expressions import RawSQL
 from django.db.models.functions import Coalesce, Greatest
 from django.utils import timezone
 
+from devices import devcache
 from devices.models import UUID_REGEX, Device, StatusTransition, effective_poll_interval, heartbeat_window
 from devices.status import SIGNALS, HeartbeatState, Status, annotate_signals, compute_status, with_computed_status
 from fleets.keys import generate_key, hash_key
@@ -80,6 +81,8 @@ def update_device(device: Device | int, changes: dict[str, Any], *, reason: str,
             changes = {**changes, "activated_at": at}
         transition = _stage(locked, changes, reason, at)
         fields = set(changes)
+        if devcache.touches(fields):
+            devcache.forget_devices([locked.uuid])
         if transition:
             fields |= {"overall_status", "status_changed_at"}
             locked.save(update_fields=sorted(fields))
@@ -159,6 +162,8 @@ def _apply_locked(
             groups[transition.to_status].append(d.pk)
         else:
             unchanged.append(d.pk)
+    if devcache.touches(changes):
+        devcache.forget_devices(d.uuid for d in rows)
     if unchanged:
         Device.objects.filter(pk__in=unchanged).update(**changes)
     for status, ids in groups.items():
@@ -296,6 +301,8 @@ def update_fleet(fleet: Fleet, changes: dict[str, Any], *, reason: str, at: date
         for field, value in changes.items():
             setattr(fleet, field, value)
         fleet.save()
+        if devcache.touches(changes, devcache.FLEET_FIELDS):
+            devcache.forget_fleets([fleet.pk])
         devices = Device.objects.filter(fleet=fleet)
         if "poll_interval" in changes:
             _refresh_deadlines(devices.filter(poll_interval__isnull=True))

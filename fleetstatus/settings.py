@@ -61,7 +61,13 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    # Response-header middleware first, then the device fetch fast path: a steady-state
+    # GET /device/v3/<uuid>/state is answered there (one Redis script, no database) with the same
+    # security headers, before sessions, auth, CSRF, messages, axes (devices/fastpath.py).
     "django.middleware.security.SecurityMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "csp.middleware.CSPMiddleware",
+    "devices.fastpath.TargetStateFastPathMiddleware",
     "fleetstatus.middleware.RejectNulInQueryMiddleware",
     "fleetstatus.middleware.DatabaseUnavailableMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
@@ -70,10 +76,8 @@ MIDDLEWARE = [
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
-    "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "django_htmx.middleware.HtmxMiddleware",
     "axes.middleware.AxesMiddleware",
-    "csp.middleware.CSPMiddleware",
 ]
 
 ROOT_URLCONF = "fleetstatus.urls"
@@ -162,6 +166,9 @@ if FLEETSTATUS_MIN_POLL_INTERVAL < 1 or FLEETSTATUS_DEFAULT_POLL_INTERVAL < 1 or
     raise ImproperlyConfigured("poll and sweep intervals must be positive")
 # Heartbeat deadline = last fetch + interval x this factor (tolerance for jitter; DESIGN.md §2.2).
 FLEETSTATUS_HEARTBEAT_TOLERANCE = 1.5
+# Seconds a device's cached fetch configuration lives in Redis (devices/devcache.py; 0 = no cache).
+# A device re-reads the database once per this period; a lost invalidation heals within it.
+FLEETSTATUS_DEVICE_CACHE_TTL = env_int("FLEETSTATUS_DEVICE_CACHE_TTL", 6 * 3600)
 # How long status transitions are kept (days) before the housekeeping task prunes them.
 FLEETSTATUS_TRANSITION_RETENTION_DAYS = env_int("FLEETSTATUS_TRANSITION_RETENTION_DAYS", 90)
 

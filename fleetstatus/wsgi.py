@@ -13,4 +13,10 @@ from django.core.wsgi import get_wsgi_application
 
 os.environ.setdefault('DJANGO_SETTINGS_MODULE', 'fleetstatus.settings')
 
-application = get_wsgi_application()
+# A steady-state heartbeat fetch is answered before Django's request handling (devices/fastpath.py);
+# every other request, and every fetch the cache cannot answer, goes to Django unchanged.
+_django = get_wsgi_application()
+
+from devices.fastpath import FastPathWSGI  # noqa: E402  (needs the apps loaded)
+
+application = FastPathWSGI(_django)

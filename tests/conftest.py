@@ -114,7 +114,8 @@ def staff_client(db):
 
 @pytest.fixture(autouse=True)
 def _fresh_heartbeat_store():
-    """With REDIS_URL, every test starts with an empty, trusted heartbeat store (devices/heartbeats.py).
+    """With REDIS_URL, every test starts with an empty, trusted heartbeat store (devices/heartbeats.py)
+    and an empty device cache (devices/devcache.py).
 
     Device ids repeat across tests (SQLite reuses rolled-back ids, each run recreates the database),
     and a leftover member of the store's online set would let a fetch skip the database.
@@ -124,10 +125,11 @@ def _fresh_heartbeat_store():
     if settings.REDIS_URL:
         from redis.exceptions import RedisError
 
-        from devices import heartbeats
+        from devices import devcache, heartbeats
 
         try:
             heartbeats.store().reset()
+            devcache.reset()
         except RedisError:
             pass  # tests that need Redis are marked `redis` and fail or skip on their own
     yield

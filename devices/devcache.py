@@ -1,0 +1,431 @@
+"""What a steady-state target-state fetch needs, cached in Redis next to the heartbeat store.
+
+A device that polls on time costs, with this cache, ONE Redis round trip and no database query:
+one Lua script reads the device's cached entry and its fleet's, checks the key hash, and does the
+heartbeat store's fetch (devices/heartbeats.py, `_FETCH`: a member of the online set, before its
+deadline, has its fetch recorded in `seen` and its deadline moved). Everything else (no entry, an
+entry that does not match the key, a device not in the online set or late) answers "not here",
+and the caller takes the database path of devices/api.py, which fills the entry afterwards.
+
+Keys (Redis, the database of REDIS_URL):
+
+- `fs:dc:d:<uuid>` string, with a TTL (FLEETSTATUS_DEVICE_CACHE_TTL, ±10 %): tab-separated
+  `id, api_key_hash, fleet_id, poll_interval override or "", cloudlink override "1"/"0"/"", frozen
+  "1"/"0", name` (the name last: it may hold a tab). Only active devices get one.
+- `fs:dc:fleets` hash: fleet id -> `poll_interval or "", cloudlink "1"/"0", filled at (us)`; an
+  entry older than the TTL counts as missing (a hash field has no TTL of its own in Redis 7.0).
+- `fs:dc:gen` hash: generation counters, `d:<first 3 hex digits of the uuid>` per bucket of
+  devices and `f` for all fleets.
+
+Invalidation (devices/services.py calls forget_devices()/forget_fleets() wherever a cached field
+changes, and a post_delete signal does on deletion) bumps the generation and deletes the entry,
+both at once, immediately and again after the transaction commits. The fill is the race guard:
+its caller reads the generations BEFORE reading the database (the fetch script returns them with
+a miss), and the fill script writes only if they are unchanged. So a fill built from a row read
+before a change either lands before the after-commit invalidation (which deletes it) or after it
+(and is refused): a stale entry cannot survive a committed change. If Redis is unreachable during
+an invalidation the entry can outlive the change until its TTL; that is logged as an error.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from functools import lru_cache
+
+from django.conf import settings
+from django.db import transaction
+from redis.exceptions import RedisError
+
+from devices.models import Device
+
+
+class _Heartbeats:
+    """devices.heartbeats, imported on first use: it imports devices.services, which imports this."""
+
+    def __getattr__(self, name: str):
+        from devices import heartbeats as module
+
+        globals()["heartbeats"] = module
+        return getattr(module, name)
+
+
+heartbeats = _Heartbeats()
+
+logger = logging.getLogger(__name__)
+
+DEVICE_PREFIX = "fs:dc:d:"
+FLEETS = "fs:dc:fleets"
+GENS = "fs:dc:gen"
+FLEET_GEN = "f"
+
+# The device and fleet fields an entry is made of: a change of any of them must invalidate.
+DEVICE_FIELDS = frozenset(
+    {
+        "name",
+        "api_key_hash",
+        "fleet",
+        "fleet_id",
+        "poll_interval",
+        "cloudlink_enabled",
+        "is_active",
+        "is_frozen",
+        "uuid",
+    }
+)
+FLEET_FIELDS = frozenset({"poll_interval", "cloudlink_enabled"})
+
+# Outcomes of the fetch script.
+MISS = 0  # no usable entry: the database decides (the generations come with it)
+COUNTED = 1  # entry matched, heartbeat online and on time: fetch recorded, answer from the entry
+NOT_COUNTED = 2  # entry matched, but not in the online set or late: the database decides
+KEY_MISMATCH = 3  # the entry's key hash is not the one presented: the database path answers 401
+FROZEN = 4  # entry matched and the device is frozen: 304, the fetch does not count
+
+# Where the fast path leaves the generations of a miss for the view's fill (request.META).
+GENERATIONS_META = "fleetstatus.devcache_generations"
+
+INVALIDATE_BATCH = 1000
+FILL_BATCH = 1000
+
+# KEYS: device entry, fleets, gens, seen, online. ARGV: key hash, fetch time (us), default interval,
+# interval floor, window in us per second of interval, generation field, fleet entry max age (us).
+# The heartbeat part is heartbeats._FETCH's "counted" branch; anything else is left to it.
+_LOOKUP_AND_FETCH = """
+local entry = redis.call('GET', KEYS[1])
+if entry then
+  local id, hash, fid, poll, frozen = string.match(entry, '^(%d+)\\t(%x+)\\t(%d+)\\t(%d*)\\t[01]?\\t([01])\\t')
+  if id then
+    if hash ~= ARGV[1] then return {3} end
+    local fleet = redis.call('HGET', KEYS[2], fid)
+    if fleet then
+      local finterval, filled = string.match(fleet, '^(%d*)\\t[01]\\t(%d+)$')
+      local at = tonumber(ARGV[2])
+      if finterval and at - tonumber(filled) < tonumber(ARGV[7]) then
+        if frozen == '1' then return {4, entry, fleet} end
+        local interval = tonumber(poll)
+        if (not interval) or interval == 0 then interval = tonumber(finterval) end
+        if (not interval) or interval == 0 then interval = tonumber(ARGV[3]) end
+        if interval < tonumber(ARGV[4]) then interval = tonumber(ARGV[4]) end
+        local deadline = redis.call('ZSCORE', KEYS[5], id)
+        if (not deadline) or at >= tonumber(deadline) then return {2} end
+        local prev = redis.call('HGET', KEYS[4], id)
+        if (not prev) or at > tonumber(prev) then
+          redis.call('HSET', KEYS[4], id, ARGV[2])
+          redis.call('ZADD', KEYS[5], string.format('%.0f', at + interval * tonumber(ARGV[5])), id)
+        end
+        return {1, entry, fleet}
+      end
+    end
+  end
+end
+local g = redis.call('HMGET', KEYS[3], ARGV[6], 'f')
+return {0, g[1] or '0', g[2] or '0'}
+"""
+
+# KEYS: gens, fleets. ARGV: fleet generation, ttl seconds, then groups of 6: device key,
+# generation field, device generation, entry, fleet id, fleet value. Writes an entry only if its
+# generations are still those read before the database was; returns how many were written.
+_FILL = """
+local fgen = redis.call('HGET', KEYS[1], 'f') or '0'
+local written = 0
+for i = 3, #ARGV, 6 do
+  if (redis.call('HGET', KEYS[1], ARGV[i + 1]) or '0') == ARGV[i + 2] then
+    redis.call('SET', ARGV[i], ARGV[i + 3], 'EX', ARGV[2])
+    if fgen == ARGV[1] then redis.call('HSET', KEYS[2], ARGV[i + 4], ARGV[i + 5]) end
+    written = written + 1
+  end
+end
+return written
+"""
+
+
+@dataclass(frozen=True)
+class Generations:
+    """The generation counters read before the database (a fill is refused if they moved)."""
+
+    device: str
+    fleet: str
+
+
+@dataclass(frozen=True)
+class Lookup:
+    outcome: int
+    device_id: int = 0
+    key_hash: str = ""
+    name: str = ""
+    poll_interval: int | None = None
+    cloudlink: bool | None = None
+    fleet_poll_interval: int | None = None
+    fleet_cloudlink: bool = True
+    generations: Generations | None = None
+
+
+def device_key(uuid: str) -> str:
+    return DEVICE_PREFIX + uuid
+
+
+def generation_field(uuid: str) -> str:
+    return "d:" + uuid[:3]
+
+
+def ttl() -> int:
+    return int(getattr(settings, "FLEETSTATUS_DEVICE_CACHE_TTL", 0) or 0)
+
+
+def enabled() -> bool:
+    return bool(settings.REDIS_URL) and ttl() > 0
+
+
+class _Scripts:
+    def __init__(self, client) -> None:
+        self.client = client
+        self.lookup = client.register_script(_LOOKUP_AND_FETCH)
+        self.fill = client.register_script(_FILL)
+
+
+@lru_cache(maxsize=8)
+def _scripts_for(url: str) -> _Scripts:
+    return _Scripts(heartbeats._store_for(url).client)
+
+
+def _scripts() -> _Scripts:
+    return _scripts_for(settings.REDIS_URL)
+
+
+def _window_factor() -> int:
+    # heartbeat_window(interval) = interval x tolerance seconds; in integer microseconds per second.
+    return round(settings.FLEETSTATUS_HEARTBEAT_TOLERANCE * 1_000_000)
+
+
+def _flag(value: str) -> bool | None:
+    return None if value == "" else value == "1"
+
+
+def lookup_and_fetch(uuid: str, key_hash: str, at: datetime) -> Lookup:
+    """The fetch of a device presenting a key whose SHA-256 is key_hash, from the cache. One round trip.
+
+    Raises RedisError when Redis is unreachable (the caller takes the database path).
+    """
+    scripts = _scripts()
+    raw = scripts.lookup(
+        keys=[device_key(uuid), FLEETS, GENS, heartbeats.SEEN, heartbeats.ONLINE],
+        args=[
+            key_hash,
+            heartbeats.to_us(at),
+            settings.FLEETSTATUS_DEFAULT_POLL_INTERVAL,
+            settings.FLEETSTATUS_MIN_POLL_INTERVAL,
+            _window_factor(),
+            generation_field(uuid),
+            ttl() * 1_000_000,
+        ],
+    )
+    outcome = int(raw[0])
+    if outcome == MISS:
+        return Lookup(MISS, generations=Generations(device=raw[1].decode(), fleet=raw[2].decode()))
+    if outcome not in (COUNTED, FROZEN):
+        return Lookup(outcome)
+    pk, hash_, _fleet_id, poll, cloud, _frozen, name = raw[1].decode().split("\t", 6)
+    f_interval, f_cloud, _filled = raw[2].decode().split("\t")
+    return Lookup(
+        outcome,
+        device_id=int(pk),
+        key_hash=hash_,
+        name=name,
+        poll_interval=int(poll) if poll else None,
+        cloudlink=_flag(cloud),
+        fleet_poll_interval=int(f_interval) if f_interval else None,
+        fleet_cloudlink=f_cloud == "1",
+    )
+
+
+# --- Filling ---------------------------------------------------------------------------------
+
+
+def _entry(device: Device) -> str:
+    return _entry_of(
+        device.pk,
+        device.api_key_hash,
+        device.fleet_id,
+        device.poll_interval,
+        device.cloudlink_enabled,
+        device.is_frozen,
+        device.name,
+    )
+
+
+def _entry_of(pk, api_key_hash, fleet_id, poll_interval, cloudlink_enabled, is_frozen, name) -> str:
+    poll = "" if poll_interval is None else str(poll_interval)
+    cloud = "" if cloudlink_enabled is None else ("1" if cloudlink_enabled else "0")
+    return f"{pk}\t{api_key_hash}\t{fleet_id}\t{poll}\t{cloud}\t{'1' if is_frozen else '0'}\t{name}"
+
+
+def _fleet_value(poll_interval: int | None, cloudlink: bool, filled_us: int) -> str:
+    return f"{'' if poll_interval is None else poll_interval}\t{'1' if cloudlink else '0'}\t{filled_us}"
+
+
+def _fill_args(device: Device, generations: Generations, filled_us: int, tag: str) -> list[str]:
+    fleet = device.fleet
+    return [
+        device_key(device.uuid),
+        tag,
+        generations.device,
+        _entry(device),
+        str(device.fleet_id),
+        _fleet_value(fleet.poll_interval, fleet.cloudlink_enabled, filled_us),
+    ]
+
+
+def _jittered_ttl() -> int:
+    # Entries filled together (a deploy, a warm-up) must not all expire in the same second.
+    base = ttl()
+    return max(1, int(base * random.uniform(0.9, 1.1)))
+
+
+def fill(device: Device, generations: Generations | None, now: datetime) -> bool:
+    """Cache an active device (loaded with its fleet) read AFTER `generations` were; False if refused.
+
+    Never raises because of Redis (the fetch has been answered from the database anyway).
+    """
+    if generations is None or not enabled() or not device.is_active:
+        return False
+    try:
+        written = _scripts().fill(
+            keys=[GENS, FLEETS],
+            args=[
+                generations.fleet,
+                _jittered_ttl(),
+                *_fill_args(device, generations, heartbeats.to_us(now), generation_field(device.uuid)),
+            ],
+        )
+    except RedisError as exc:
+        heartbeats._warn_unavailable(exc)
+        return False
+    return bool(written)
+
+
+def prime(queryset, now: datetime, *, batch_size: int = FILL_BATCH) -> int:
+    """Fill the cache for every active device of queryset (bulk: after a deploy, a Redis restart, the bench).
+
+    The generations are read once before the rows, so a change committed meanwhile refuses the
+    entries it concerns exactly as it refuses a single fill. Returns the entries written.
+    """
+    if not enabled():
+        return 0
+    scripts = _scripts()
+    gens = {k.decode(): v.decode() for k, v in scripts.client.hgetall(GENS).items()}
+    fleet_gen = gens.get(FLEET_GEN, "0")
+    filled_us = heartbeats.to_us(now)
+    rows = (
+        queryset.filter(is_active=True)
+        .order_by()
+        .values_list(
+            "pk",
+            "uuid",
+            "api_key_hash",
+            "fleet_id",
+            "poll_interval",
+            "cloudlink_enabled",
+            "is_frozen",
+            "name",
+            "fleet__poll_interval",
+            "fleet__cloudlink_enabled",
+        )
+    )
+    fleet_values: dict[int, str] = {}
+    written = 0
+    args: list[str] = []
+    for pk, uuid, key_hash, fleet_id, poll, cloud, frozen, name, f_poll, f_cloud in rows.iterator(
+        chunk_size=batch_size
+    ):
+        fleet_value = fleet_values.get(fleet_id)
+        if fleet_value is None:
+            fleet_value = fleet_values[fleet_id] = _fleet_value(f_poll, f_cloud, filled_us)
+        tag = generation_field(uuid)
+        args += [
+            device_key(uuid),
+            tag,
+            gens.get(tag, "0"),
+            _entry_of(pk, key_hash, fleet_id, poll, cloud, frozen, name),
+            str(fleet_id),
+            fleet_value,
+        ]
+        if len(args) >= 6 * batch_size:
+            written += scripts.fill(keys=[GENS, FLEETS], args=[fleet_gen, _jittered_ttl(), *args])
+            args = []
+    if args:
+        written += scripts.fill(keys=[GENS, FLEETS], args=[fleet_gen, _jittered_ttl(), *args])
+    return written
+
+
+# --- Invalidation ----------------------------------------------------------------------------
+
+
+def _invalidate(uuids: Sequence[str], fleet_ids: Sequence[int]) -> None:
+    client = _scripts().client
+    for start in range(0, max(len(uuids), 1), INVALIDATE_BATCH):
+        chunk = uuids[start : start + INVALIDATE_BATCH]
+        pipe = client.pipeline(transaction=True)
+        # Generation first, in one MULTI with the delete: a fill is refused from here on.
+        for uuid in chunk:
+            pipe.hincrby(GENS, generation_field(uuid), 1)
+        if chunk:
+            pipe.delete(*(device_key(u) for u in chunk))
+        if fleet_ids and start == 0:
+            pipe.hincrby(GENS, FLEET_GEN, 1)
+            pipe.hdel(FLEETS, *(str(pk) for pk in fleet_ids))
+        pipe.execute()
+
+
+def _invalidate_logged(uuids: Sequence[str], fleet_ids: Sequence[int]) -> None:
+    try:
+        _invalidate(uuids, fleet_ids)
+    except RedisError as exc:
+        logger.error(
+            "device cache invalidation failed (%s): %d devices, %d fleets may answer fetches with old "
+            "values until their entries expire (FLEETSTATUS_DEVICE_CACHE_TTL)",
+            exc,
+            len(uuids),
+            len(fleet_ids),
+        )
+
+
+def _forget(uuids: Sequence[str], fleet_ids: Sequence[int]) -> None:
+    if not enabled() or not (uuids or fleet_ids):
+        return
+    from django.db import connection
+
+    if connection.in_atomic_block:
+        # Now (so this transaction's own later reads are not answered from the cache) and again
+        # after commit (a fill that read the old row meanwhile is deleted or refused).
+        _invalidate_logged(uuids, fleet_ids)
+    transaction.on_commit(lambda: _invalidate_logged(uuids, fleet_ids))
+
+
+def forget_devices(uuids: Iterable[str]) -> None:
+    """A cached field of these devices changes (or they are deleted): their next fetch reads the database."""
+    _forget(sorted(set(uuids)), ())
+
+
+def forget_fleets(fleet_ids: Iterable[int]) -> None:
+    """A fleet's interval or cloudlink switch changes: its devices' next fetches read it again."""
+    _forget((), sorted(set(fleet_ids)))
+
+
+def touches(changes: Iterable[str], fields: frozenset[str] = DEVICE_FIELDS) -> bool:
+    return not fields.isdisjoint(changes)
+
+
+def reset() -> None:
+    """Drop every entry (tests; after restoring a database backup). Generations keep counting."""
+    client = _scripts().client
+    keys = list(client.scan_iter(match=DEVICE_PREFIX + "*", count=10_000))
+    pipe = client.pipeline(transaction=False)
+    pipe.hincrby(GENS, FLEET_GEN, 1)
+    for start in range(0, len(keys), 10_000):
+        pipe.unlink(*keys[start : start + 10_000])
+    pipe.unlink(FLEETS)
+    pipe.execute()
