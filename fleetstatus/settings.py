@@ -68,6 +68,8 @@ MIDDLEWARE = [
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "csp.middleware.CSPMiddleware",
     "devices.fastpath.TargetStateFastPathMiddleware",
+    # PATCH /device/v3/state goes straight to its view from here (devices/reportpath.py).
+    "devices.reportpath.StateReportDispatchMiddleware",
     "fleetstatus.middleware.RejectNulInQueryMiddleware",
     "fleetstatus.middleware.DatabaseUnavailableMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
