@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import runpy
 import shutil
 import signal
 import socket
@@ -48,15 +49,15 @@ def _free_port() -> int:
 
 
 PORT = int(os.environ.get("FLEETSTATUS_BENCH_PORT") or _free_port())
-# Two cores, shared by gunicorn, wrk, PostgreSQL and Redis. A request is mostly Python on the CPU
-# (middleware, ORM, a Redis script, JSON), so processes beyond the cores only add switching and
-# threads only queue for the GIL; one extra process covers the time a worker waits on PostgreSQL or
-# Redis. Measured here (15 s runs, other work on the machine): 2, 3 or 4 sync workers and 2 or 3
-# gthread workers x 4 threads all gave 290-390 req/s, within the noise of each other; 3 sync
-# workers had the lowest p99 (threads of one process wait for each other's GIL).
-WORKERS = int(os.environ.get("FLEETSTATUS_BENCH_WORKERS", "3"))
-WORKER_CLASS = os.environ.get("FLEETSTATUS_BENCH_WORKER_CLASS", "sync")
-THREADS = int(os.environ.get("FLEETSTATUS_BENCH_THREADS", "1"))
+# The production settings of gunicorn.conf.py (threaded workers with keep-alive, cores + 1
+# processes x 4 threads; that file says why), unless FLEETSTATUS_BENCH_* say otherwise. Measured
+# here with the fetch fast path (12 s runs, interleaved, other work on the machine, load 5-7):
+# 3 gthread x 4 gave 824-935 req/s, 2 gthread x 4 723-768, 4 gthread x 2 650, 3 sync 410-896
+# (sync workers close every connection: a handshake and a graceful close per request).
+_CONF = runpy.run_path(str(ROOT / "gunicorn.conf.py"))
+WORKERS = int(os.environ.get("FLEETSTATUS_BENCH_WORKERS") or _CONF["workers"])
+WORKER_CLASS = os.environ.get("FLEETSTATUS_BENCH_WORKER_CLASS") or _CONF["worker_class"]
+THREADS = int(os.environ.get("FLEETSTATUS_BENCH_THREADS") or _CONF["threads"])
 # wrk: one thread (the box has two cores and the server needs them); connections enough to keep
 # every worker busy with a request queued behind it.
 CONNECTIONS = int(os.environ.get("FLEETSTATUS_BENCH_CONNECTIONS", "12"))

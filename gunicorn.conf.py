@@ -1,0 +1,29 @@
+"""gunicorn settings of the web process (`gunicorn fleetstatus.wsgi` reads this file from the working directory).
+
+Threaded workers (gthread) with keep-alive: most requests are device fetches that take well under a
+millisecond of Python and one Redis round trip (devices/fastpath.py). A sync worker closes every
+connection after one response, so each fetch would also pay a TCP handshake and a graceful close
+that waits for the client; gthread keeps the connection (a TLS proxy in front reuses its upstream
+connections the same way) and a thread waiting on Redis or PostgreSQL lets another one run.
+One worker process per core plus one, each with a few threads: the work is Python under the GIL,
+so more threads per process only queue; a spare process covers the moments a worker waits.
+Measured on the 2-core benchmark machine (python3 dev.py bench --only P4, README "Performance").
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+
+
+def _int(name: str, default: int) -> int:
+    value = os.environ.get(name, "")
+    return int(value) if value.strip() else default
+
+
+workers = _int("FLEETSTATUS_WEB_WORKERS", multiprocessing.cpu_count() + 1)
+worker_class = os.environ.get("FLEETSTATUS_WEB_WORKER_CLASS", "gthread")
+threads = _int("FLEETSTATUS_WEB_THREADS", 4)
+# Seconds an idle keep-alive connection stays open (gunicorn's default is 2).
+keepalive = _int("FLEETSTATUS_WEB_KEEPALIVE", 30)
+backlog = 2048
