@@ -181,6 +181,12 @@ CELERY_BEAT_SCHEDULE = {
         # A sweep message that waited longer than one interval is useless: the next one is due.
         "options": {"expires": float(FLEETSTATUS_SWEEP_INTERVAL)},
     },
+    # Device counts per fleet and status (fleets/counts.py): fold the triggers' deltas.
+    "fold-status-counts": {
+        "task": "fleets.tasks.fold_status_counts",
+        "schedule": float(FLEETSTATUS_SWEEP_INTERVAL),
+        "options": {"expires": float(FLEETSTATUS_SWEEP_INTERVAL)},
+    },
     # Housekeeping (devices/sweep.py): allowance re-check for every organization, history pruning.
     "reconcile-frozen": {
         "task": "devices.tasks.reconcile_frozen",

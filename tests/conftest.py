@@ -156,3 +156,24 @@ def pytest_runtest_setup(item):
         if required:
             pytest.fail(f"needs {', '.join(missing)} but FLEETSTATUS_REQUIRE_SERVICES=1")
         pytest.skip(f"needs {', '.join(missing)}")
+
+
+# --- Kept device counts (fleets/counts.py) --------------------------------------------------------------
+
+_DB_FIXTURES = {"db", "transactional_db", "django_db_reset_sequences", "django_db_serialized_rollback"}
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item):
+    """After every test that used the database (and passed): the counts the triggers keep equal a
+    GROUP BY over the devices, whatever path the test changed devices through."""
+    result = yield
+    if item.get_closest_marker("django_db") or _DB_FIXTURES & set(getattr(item, "fixturenames", ())):
+        from django.db import connection
+
+        from fleets import counts
+
+        if connection.connection is not None and connection.is_usable():
+            wrong = counts.mismatches()
+            assert not wrong, f"kept device counts differ from the devices: {{(org, fleet, status): (kept, real)}} {wrong}"
+    return result
