@@ -205,3 +205,32 @@ def test_fold_task(org, fleet, make_device):
 def test_user_and_org_creation_alone_touch_no_counts(org):
     get_user_model().objects.create_user(username="x", password="y")
     assert not StatusCount.objects.exists() and not StatusCountDelta.objects.exists()
+
+
+def test_migrate_reinstalls_lost_triggers_and_recounts(org, fleet, make_device):
+    from django.apps import apps
+
+    from fleets.apps import _status_counts_after_migrate
+
+    make_device()
+    counts.drop_triggers()  # what a SQLite table rebuild does to them
+    make_device()
+    assert counts.mismatches()
+    _status_counts_after_migrate(sender=apps.get_app_config("fleets"), using="default")
+    assert set(counts.trigger_names()) <= counts.installed_triggers()
+    exact()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_flush_between_tests_leaves_exact_counts(org, fleet, make_device):
+    # transaction=True: the data is committed and the test runner flushes it afterwards; the next
+    # test's check (tests/conftest.py) fails if the flush left counts behind.
+    for _ in range(3):
+        make_device()
+    exact()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_after_the_flush(org):
+    assert counts.status_counts([org.pk]) == dict.fromkeys(counts.STATUS_SLUGS, 0)
+    exact()
