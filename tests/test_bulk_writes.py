@@ -18,7 +18,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 import time_machine
-from django.db import connection
+from django.db import connection, transaction
 from django.db.models import F
 from django.test.utils import CaptureQueriesContext
 
@@ -292,3 +292,26 @@ def test_report_that_changes_the_status_writes_its_transition(client, make_devic
         r = send(client, "PATCH", "/device/v3/state", {d.uuid: {"provisioning_progress": 20}}, key=d.api_key)
     assert r.status_code == 200
     assert _transitions(d.pk)[-1] == (Status.ONLINE_HEARTBEAT_ONLY, Status.CONFIGURING, T0, services.STATE_REPORTED)
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_the_plain_report_update_commits_without_waiting_for_the_flush_only_on_its_own(make_device):
+    d = make_device(at=T0 - timedelta(hours=1), api_heartbeat_state=HeartbeatState.ONLINE)
+    snapshot = services.state_report_snapshot(d.uuid)
+    changes = {"cpu_usage": 9, "last_state_report_at": T0, "last_seen_at": T0}
+    with CaptureQueriesContext(connection) as queries:
+        assert services.apply_state_report(snapshot, dict(changes), at=T0) is True
+    (sql,) = [q["sql"] for q in queries.captured_queries]
+    # Its own transaction (autocommit): synchronous_commit off for that statement's commit only.
+    assert "set_config('synchronous_commit', 'off', true)" in sql
+    with connection.cursor() as cursor:
+        cursor.execute("SHOW synchronous_commit")
+        assert cursor.fetchone()[0] == "on"
+    d.refresh_from_db()
+    assert (d.cpu_usage, d.last_seen_at) == (9, T0)
+    # Inside someone else's transaction the setting would outlive the statement: not used there.
+    with transaction.atomic(), CaptureQueriesContext(connection) as queries:
+        changes["cpu_usage"] = 10
+        assert services.apply_state_report(services.state_report_snapshot(d.uuid), changes, at=T0) is True
+    assert not any("synchronous_commit" in q["sql"] for q in queries.captured_queries)
