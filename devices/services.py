@@ -548,38 +548,40 @@ def write_back_heartbeats(fetches: Mapping[int, datetime]) -> WriteBack:
     if not fetches:
         return result
     with transaction.atomic():
+        # Plain values, not models, and the ids as one array parameter (a batch is 1,000 rows).
         rows = list(
-            Device.objects.filter(pk__in=list(fetches))
-            .select_related("fleet")
+            Device.objects.filter(pk__in=_among(sorted(fetches)))
             .select_for_update(of=("self",), skip_locked=True)
             .order_by("pk")
-            .only(
+            .values_list(
                 "pk", "poll_interval", "fleet__poll_interval", "api_heartbeat_state", "last_api_heartbeat_at", "last_seen_at"
             )
         )
-        result.online = {d.pk for d in rows if d.api_heartbeat_state == HeartbeatState.ONLINE}
-        not_locked = set(fetches) - {d.pk for d in rows}
+        online = HeartbeatState.ONLINE.value
+        result.online = {row[0] for row in rows if row[3] == online}
+        not_locked = set(fetches) - {row[0] for row in rows}
         if not_locked:
             # Skipped because locked, or gone (a deleted device): only the former waits for next time.
-            result.busy = set(Device.objects.filter(pk__in=not_locked).values_list("pk", flat=True))
+            result.busy = set(Device.objects.filter(pk__in=_among(sorted(not_locked))).values_list("pk", flat=True))
         values = []
-        for d in rows:
-            seen = fetches[d.pk]
-            if d.pk not in result.online or (d.last_api_heartbeat_at is not None and d.last_api_heartbeat_at >= seen):
+        for pk, own_interval, fleet_interval, state, last_fetch, last_seen_at in rows:
+            seen = fetches[pk]
+            if state != online or (last_fetch is not None and last_fetch >= seen):
                 continue
-            deadline = seen + heartbeat_window(d.effective_poll_interval)
-            last_seen = seen if d.last_seen_at is None else max(d.last_seen_at, seen)
-            values.append((d.pk, seen, deadline, last_seen))
+            deadline = seen + heartbeat_window(effective_poll_interval(own_interval, fleet_interval))
+            last_seen = seen if last_seen_at is None else max(last_seen_at, seen)
+            values.append((pk, seen, deadline, last_seen))
         _update_heartbeat_times(values)
     result.updated = len(values)
     return result
 
 
 def _update_heartbeat_times(values: list[tuple[int, datetime, datetime, datetime]]) -> None:
-    """One UPDATE ... FROM (VALUES ...) for (id, last fetch, deadline, last seen) rows.
+    """One UPDATE ... FROM unnest(arrays) (PostgreSQL) or (VALUES ...) (SQLite) for (id, last fetch,
+    deadline, last seen) rows.
 
-    VALUES columns are called column1..columnN in PostgreSQL and SQLite (3.33+) alike. Rows are
-    locked by the caller; the WHERE repeats the forward-only rule anyway.
+    The columns are called column1..column4 in both (VALUES names them so in PostgreSQL and SQLite
+    3.33+ alike). Rows are locked by the caller; the WHERE repeats the forward-only rule anyway.
     """
     if not values:
         return
@@ -587,16 +589,20 @@ def _update_heartbeat_times(values: list[tuple[int, datetime, datetime, datetime
     table = qn(Device._meta.db_table)
     names = ("id", "api_heartbeat_state", "last_api_heartbeat_at", "heartbeat_deadline", "last_seen_at")
     col = {name: qn(Device._meta.get_field(name).column) for name in names}
-    # Typed placeholders on PostgreSQL: with server-side binding an untyped VALUES column is text.
-    ts = "%s::timestamptz" if connection.vendor == "postgresql" else "%s"
-    row = f"(%s, {ts}, {ts}, {ts})"
     adapt = connection.ops.adapt_datetimefield_value
     params: list[Any] = []
-    for pk, seen, deadline, last_seen in values:
-        params += [pk, adapt(seen), adapt(deadline), adapt(last_seen)]
+    if connection.vendor == "postgresql":
+        # Four array parameters, whatever the batch size (not 4 per row to render and parse).
+        source = "unnest(%s::bigint[], %s::timestamptz[], %s::timestamptz[], %s::timestamptz[]) AS v(column1, column2, column3, column4)"
+        params = [list(column) for column in zip(*values, strict=True)]
+    else:
+        row = "(%s, %s, %s, %s)"
+        for pk, seen, deadline, last_seen in values:
+            params += [pk, adapt(seen), adapt(deadline), adapt(last_seen)]
+        source = f"(VALUES {', '.join([row] * len(values))}) AS v"
     sql = (
         f"UPDATE {table} SET {col['last_api_heartbeat_at']} = v.column2, {col['heartbeat_deadline']} = v.column3, "
-        f"{col['last_seen_at']} = v.column4 FROM (VALUES {', '.join([row] * len(values))}) AS v "
+        f"{col['last_seen_at']} = v.column4 FROM {source} "
         f"WHERE {table}.{col['id']} = v.column1 AND {table}.{col['api_heartbeat_state']} = %s "
         f"AND ({table}.{col['last_api_heartbeat_at']} IS NULL OR {table}.{col['last_api_heartbeat_at']} < v.column2)"
     )
