@@ -161,7 +161,7 @@ def target_state(request: HttpRequest, uuid: str) -> HttpResponse:
     if device.is_frozen:
         # Frozen devices are not managed: no target state, and the fetch does not count.
         return HttpResponse(status=304)
-    device = heartbeats.record_fetch(device, at=timezone.now())
+    device = heartbeats.record_fetch(device, at=timezone.now(), store_failed=devcache.STORE_FAILED_META in request.META)
     if device.is_frozen:
         # This fetch reactivated an inactive device beyond the organization's allowance.
         return HttpResponse(status=304)

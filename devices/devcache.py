@@ -87,6 +87,8 @@ FROZEN = 4  # entry matched and the device is frozen: 304, the fetch does not co
 
 # Where the fast path leaves the generations of a miss for the view's fill (request.META).
 GENERATIONS_META = "fleetstatus.devcache_generations"
+# Set there when the fast path's Redis call failed: the view does not wait for Redis again.
+STORE_FAILED_META = "fleetstatus.store_failed"
 
 INVALIDATE_BATCH = 1000
 FILL_BATCH = 1000

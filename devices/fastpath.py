@@ -68,6 +68,7 @@ def cached_answer(request: HttpRequest, uuid: str) -> tuple[int, bytes] | None:
         found = devcache.lookup_and_fetch(uuid, key_hash, timezone.now())
     except RedisError as exc:
         heartbeats._warn_unavailable(exc)
+        request.META[devcache.STORE_FAILED_META] = True
         return None
     if found.outcome == devcache.MISS:
         request.META[devcache.GENERATIONS_META] = found.generations

@@ -296,11 +296,12 @@ def _warn_unavailable(exc: Exception) -> None:
         logger.warning("heartbeat store unavailable, fetches take the database path: %s", exc)
 
 
-def record_fetch(device: Device, *, at: datetime | None = None) -> Device:
+def record_fetch(device: Device, *, at: datetime | None = None, store_failed: bool = False) -> Device:
     """Count a target-state fetch of `device` (loaded with its fleet). Returns the device, updated.
 
     Never raises because of Redis: when it is unreachable the fetch takes the database path
-    (and a warning is logged).
+    (and a warning is logged). store_failed: the caller's own Redis call for this request just
+    failed (devices/fastpath.py), so this does not wait for Redis a second time.
     """
     at = at or timezone.now()
     hb = store()
@@ -308,6 +309,8 @@ def record_fetch(device: Device, *, at: datetime | None = None) -> Device:
         return services.record_heartbeat(device, at=at)
     window = heartbeat_window(device.effective_poll_interval)
     try:
+        if store_failed:
+            raise RedisError("the store failed earlier in this request")
         outcome = hb.fetch(device.pk, at, at + window)
     except RedisError as exc:
         _warn_unavailable(exc)

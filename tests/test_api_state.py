@@ -123,7 +123,7 @@ def test_steady_state_fetch_is_one_read_plus_what_record_fetch_costs(
     assert fetch(client, device).status_code == 200
     calls = []
 
-    def fake_record_fetch(d, *, at=None):
+    def fake_record_fetch(d, *, at=None, store_failed=False):
         calls.append((d.pk, at))
         return d
 

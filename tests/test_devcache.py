@@ -81,6 +81,13 @@ class WsgiClient:
         return call
 
 
+@pytest.fixture(autouse=True)
+def _own_redis_warning_clock(monkeypatch):
+    """The "Redis unavailable" warning is rate-limited per process: these tests must not use up
+    another module's warning (tests/test_heartbeats.py looks for it)."""
+    monkeypatch.setattr(heartbeats, "_last_warning", 0.0)
+
+
 @pytest.fixture(params=["middleware", "wsgi"])
 def client(request):
     """Every test runs through the test client (the middleware) and through the WSGI entry point."""
@@ -137,10 +144,11 @@ def state(r, device) -> dict:
 # --- The fast path answers what the database path answers -------------------------------------
 
 
+@pytest.mark.parametrize("name", ["kiosk-1", 'Kiosk\t"Nord" \u2603 \\ 1'], ids=["plain", "tab-quote-unicode"])
 def test_steady_state_fetch_makes_no_query_and_answers_as_the_database_path(
-    client, make_device, settings, django_assert_num_queries
+    client, make_device, settings, django_assert_num_queries, name
 ):
-    device = make_device(name="kiosk-1")
+    device = make_device(name=name)
     at = steady(client, device)
     fast = cached(client, device, at, django_assert_num_queries)
     slow = database_answer(client, device, settings, at + timedelta(seconds=1))
@@ -148,7 +156,7 @@ def test_steady_state_fetch_makes_no_query_and_answers_as_the_database_path(
     assert answer(fast) == answer(slow)
     assert fast.json() == {
         device.uuid: {
-            "name": "kiosk-1",
+            "name": name,
             "config": {
                 "BALENA_SUPERVISOR_POLL_INTERVAL": "600000",
                 "BALENA_SUPERVISOR_VPN_CONTROL": "true",
@@ -504,14 +512,21 @@ def test_an_old_fleet_entry_counts_as_missing(client, make_device, settings, dja
 # --- Redis down ---------------------------------------------------------------------------------
 
 
-def test_fetch_with_redis_down_takes_the_database_path(client, make_device, settings, caplog):
+def test_fetch_with_redis_down_takes_the_database_path(client, make_device, settings, caplog, monkeypatch):
     device = make_device(name="kiosk")
     at = steady(client, device)
     settings.REDIS_URL = closed_port_url()
+    store_calls = []
+    real_fetch = heartbeats.HeartbeatStore.fetch
+    monkeypatch.setattr(
+        heartbeats.HeartbeatStore, "fetch", lambda self, *a, **k: store_calls.append(a) or real_fetch(self, *a, **k)
+    )
     with caplog.at_level(logging.WARNING):
         r = get(client, device, at=at)
     assert r.status_code == 200 and state(r, device)["name"] == "kiosk"
     assert Device.objects.get(pk=device.pk).last_api_heartbeat_at == at
+    # The fast path's failed call is the request's only wait for Redis.
+    assert store_calls == []
 
 
 def test_a_change_with_redis_down_still_commits_and_logs(make_device, settings, caplog):
@@ -545,3 +560,35 @@ def test_wsgi_fast_path_over_https_sends_hsts_as_django_does(make_device, settin
     assert r["Strict-Transport-Security"].startswith(f"max-age={settings.SECURE_HSTS_SECONDS}")
     assert "Strict-Transport-Security" not in cached(WsgiClient(), device, at, django_assert_num_queries).headers
     assert answer(r) == answer(database_answer(wsgi, device, settings, at + timedelta(seconds=1)))
+
+
+# --- The database down ------------------------------------------------------------------------------
+
+
+class _DatabaseDown:
+    """Stands in for devices.api.Device: every query fails as with PostgreSQL restarting."""
+
+    DoesNotExist = Device.DoesNotExist
+
+    class objects:  # noqa: N801
+        @staticmethod
+        def select_related(*args, **kwargs):
+            from django.db import OperationalError
+
+            raise OperationalError("the database system is shutting down")
+
+
+def test_a_cached_steady_state_fetch_needs_no_database(client, make_device, monkeypatch):
+    device = make_device()
+    at = steady(client, device)
+    monkeypatch.setattr("devices.api.Device", _DatabaseDown)
+    assert get(client, device, at=at).status_code == 200
+
+
+def test_the_fallback_path_answers_503_when_the_database_is_down(client, make_device, monkeypatch):
+    device = make_device()
+    at = steady(client, device)
+    heartbeats.store().client.zrem(heartbeats.ONLINE, device.pk)  # not online in Redis: the database decides
+    monkeypatch.setattr("devices.api.Device", _DatabaseDown)
+    r = get(client, device, at=at)
+    assert r.status_code == 503 and r["Retry-After"] and "database" in r.json()["error"]
