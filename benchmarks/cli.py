@@ -28,9 +28,12 @@ def log(message: str) -> None:
     print(message, flush=True)
 
 
-def configure_environment() -> None:
-    """Settings of a production process (DEBUG off) pointed at the bench database and Redis DB."""
-    for name, default in (("DATABASE_URL", DEFAULT_DATABASE_URL), ("REDIS_URL", DEFAULT_REDIS_URL)):
+def configure_environment(own_postgres_url: str | None = None) -> None:
+    """Settings of a production process (DEBUG off) pointed at the bench database and Redis DB.
+
+    own_postgres_url: the bench's own PostgreSQL (benchmarks/pgserver.py), used when DATABASE_URL is unset."""
+    database_default = own_postgres_url or DEFAULT_DATABASE_URL
+    for name, default in (("DATABASE_URL", database_default), ("REDIS_URL", DEFAULT_REDIS_URL)):
         if os.environ.get(name):
             log(f"{name}={os.environ[name]}")
         else:
@@ -87,6 +90,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "--profile", action="store_true", help="profile (pyinstrument) every in-process figure that misses its target"
     )
     p.add_argument(
+        "--shared-postgres",
+        action="store_true",
+        help=f"without DATABASE_URL, use {DEFAULT_DATABASE_URL} instead of the bench's own tuned server",
+    )
+    p.add_argument(
         "--load-seconds", type=int, default=None, help="length of each P4/P5 load run (default 60; 10 with --quick)"
     )
     args = p.parse_args(argv)
@@ -100,7 +108,22 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
-    configure_environment()
+    own_server = None
+    if not os.environ.get("DATABASE_URL") and not args.shared_postgres:
+        # The bench's own server, configured for a large fleet (see benchmarks/pgserver.py).
+        from benchmarks.pgserver import BenchPostgres
+
+        own_server = BenchPostgres(log)
+        own_server.start()
+    try:
+        return run(args, own_server.url if own_server else None)
+    finally:
+        if own_server:
+            own_server.stop()
+
+
+def run(args: argparse.Namespace, own_postgres_url: str | None) -> int:
+    configure_environment(own_postgres_url)
     ensure_database()
     import django
 

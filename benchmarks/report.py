@@ -107,6 +107,9 @@ def machine() -> dict[str, Any]:
         pg = cur.fetchone()[0]
         cur.execute("SHOW shared_buffers")
         shared_buffers = cur.fetchone()[0]
+    from benchmarks.pgserver import server_settings
+
+    pg_settings = server_settings(connection)
     redis_version = "?"
     try:
         import redis
@@ -132,6 +135,7 @@ def machine() -> dict[str, Any]:
         "gunicorn": gunicorn_version,
         "wrk": _version(["wrk", "-v"]).split(" [")[0],
         "load_average": load_average(),
+        "pg_settings": pg_settings,
     }
 
 
@@ -140,6 +144,7 @@ def machine_text(m: dict[str, Any]) -> str:
         f"machine: {m['cpu']}, {m['cores']} cores, {m['ram_gib']} GiB RAM; {m['os']}\n"
         f"         PostgreSQL {m['postgresql']}, Redis {m['redis']}, Python {m['python']}, Django {m['django']}, "
         f"gunicorn {m['gunicorn']}, {m['wrk']}\n"
+        f"         PostgreSQL settings: {', '.join(f'{k}={v}' for k, v in m.get('pg_settings', {}).items())}\n"
         f"         load average at start {m['load_average']}, at end {m.get('load_average_end', '?')} "
         "(other processes on these 2 cores make the figures noisy)"
     )

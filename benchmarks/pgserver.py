@@ -1,0 +1,122 @@
+"""The benchmarks' own PostgreSQL server, configured as a 1,000,000-device deployment should be.
+
+A developer's or CI's PostgreSQL is set up for tests: on this kind of machine it has the package
+default of 128 MB of shared buffers and autovacuum switched off. At a million devices the device
+table and its indexes are about 1.2 GB, so with 128 MB most index pages that a device write touches
+are not in PostgreSQL's buffers, every checkpoint (1 GB of WAL) makes the next write of each page a
+full-page image, and without autovacuum index-only scans degrade run after run. Those are figures of
+the server's configuration, not of fleetstatus.
+
+So when DATABASE_URL is not set, `python3 dev.py bench` runs its own cluster (initdb once, kept in
+`var/bench-postgres/` so `--skip-seed` can reuse the data, started for the run and stopped after)
+with the settings README's "Deployment" section recommends for a large fleet (PRODUCTION_SETTINGS).
+Durability is not traded for speed: fsync, full_page_writes and synchronous_commit stay on.
+With DATABASE_URL set, the bench uses that server as it is (and prints its settings).
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import shutil
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+DATA_ROOT = ROOT / "var" / "bench-postgres"
+PORT = int(os.environ.get("FLEETSTATUS_BENCH_PG_PORT", "55432"))
+DATABASE = "fleetstatus_bench"
+
+# A large-fleet deployment on a 24 GB, 2-core machine with an SSD (README "Deployment").
+PRODUCTION_SETTINGS: dict[str, str] = {
+    "shared_buffers": "4GB",  # ~1/4 of RAM: the device table and its indexes stay in PostgreSQL's cache
+    "effective_cache_size": "12GB",
+    "max_wal_size": "8GB",  # fewer checkpoints, so fewer full-page images per device write
+    "checkpoint_timeout": "15min",
+    "checkpoint_completion_target": "0.9",
+    "wal_compression": "on",
+    "random_page_cost": "1.1",  # SSD
+    "work_mem": "16MB",
+    "maintenance_work_mem": "1GB",
+    "autovacuum": "on",
+    "max_connections": "200",
+}
+
+# Shown next to the figures, whichever server ran them.
+REPORTED = ("shared_buffers", "max_wal_size", "autovacuum", "synchronous_commit", "fsync", "wal_compression")
+
+
+def _bin() -> Path:
+    configured = os.environ.get("FLEETSTATUS_PG_BIN")
+    candidates = [configured] if configured else []
+    candidates += sorted(glob.glob("/usr/lib/postgresql/*/bin"), key=lambda p: Path(p).parent.name.zfill(4), reverse=True)
+    found = shutil.which("pg_ctl")
+    if found:
+        candidates.append(str(Path(found).resolve().parent))
+    for candidate in candidates:
+        if candidate and (Path(candidate) / "initdb").exists() and (Path(candidate) / "pg_ctl").exists():
+            return Path(candidate)
+    raise RuntimeError("PostgreSQL server binaries (initdb, pg_ctl) not found: install postgresql or set FLEETSTATUS_PG_BIN")
+
+
+def _port_open(port: int) -> bool:
+    with socket.socket() as s:
+        s.settimeout(0.5)
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+class BenchPostgres:
+    def __init__(self, log) -> None:
+        self.log = log
+        self.bin = _bin()
+        self.data = DATA_ROOT / "data"
+        self.logfile = DATA_ROOT / "server.log"
+        self.as_postgres = os.geteuid() == 0  # PostgreSQL refuses to run as root
+        self.started_here = False
+
+    @property
+    def url(self) -> str:
+        return f"postgres://postgres@127.0.0.1:{PORT}/{DATABASE}"
+
+    def _run(self, *args: str, timeout: float = 120) -> None:
+        cmd = ["runuser", "-u", "postgres", "--", *args] if self.as_postgres else list(args)
+        result = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+        if result.returncode != 0:
+            tail = self.logfile.read_text()[-2000:] if self.logfile.exists() else ""
+            raise RuntimeError(f"{' '.join(args)} failed ({result.returncode}): {result.stdout}{result.stderr}\n{tail}")
+
+    def start(self) -> None:
+        if not (self.data / "PG_VERSION").exists():
+            DATA_ROOT.mkdir(parents=True, exist_ok=True)
+            if self.as_postgres:
+                shutil.chown(DATA_ROOT, "postgres", "postgres")
+            self.log(f"initdb {self.data} (once; the seeded data is kept there for --skip-seed)")
+            self._run(str(self.bin / "initdb"), "-D", str(self.data), "-A", "trust", "-U", "postgres", "-E", "UTF8")
+        if _port_open(PORT):
+            self.log(f"bench PostgreSQL already listening on 127.0.0.1:{PORT}")
+            return
+        options = " ".join(
+            [f"-p {PORT}", f"-k {DATA_ROOT}", "-c listen_addresses=127.0.0.1"]
+            + [f"-c {name}={value}" for name, value in PRODUCTION_SETTINGS.items()]
+        )
+        self.log(f"starting the bench PostgreSQL on 127.0.0.1:{PORT} (" + ", ".join(f"{k}={v}" for k, v in PRODUCTION_SETTINGS.items()) + ")")
+        self._run(str(self.bin / "pg_ctl"), "-D", str(self.data), "-l", str(self.logfile), "-o", options, "-w", "-t", "120", "start")
+        deadline = time.monotonic() + 30
+        while not _port_open(PORT):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the bench PostgreSQL did not listen on {PORT}; see {self.logfile}")
+            time.sleep(0.2)
+        self.started_here = True
+
+    def stop(self) -> None:
+        if self.started_here:
+            self._run(str(self.bin / "pg_ctl"), "-D", str(self.data), "-m", "fast", "-w", "-t", "120", "stop")
+            self.started_here = False
+
+
+def server_settings(connection) -> dict[str, str]:
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT name, current_setting(name) FROM pg_settings WHERE name = ANY(%s) ORDER BY name", [list(REPORTED)])
+        return dict(cursor.fetchall())
