@@ -108,6 +108,10 @@ if DATABASE_URL:
     # Persistent connections: a new PostgreSQL connection per request costs more than the
     # heartbeat request itself (see STYLE.md: ~115 req/s vs ~400 req/s measured on this machine).
     _db = dj_database_url.parse(DATABASE_URL, conn_max_age=env_int("CONN_MAX_AGE", 600), conn_health_checks=True)
+    if _db["ENGINE"] == "django.db.backends.postgresql":
+        # Django's backend, with a health check that polls the socket instead of a SELECT 1 per
+        # request (fleetstatus/db/postgresql/base.py).
+        _db["ENGINE"] = "fleetstatus.db.postgresql"
 else:
     VAR_DIR.mkdir(parents=True, exist_ok=True)
     _db = {

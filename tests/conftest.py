@@ -148,7 +148,7 @@ def pytest_runtest_setup(item):
 
     required = os.environ.get("FLEETSTATUS_REQUIRE_SERVICES") == "1"
     missing = []
-    if item.get_closest_marker("postgres") and settings.DATABASES["default"]["ENGINE"] != "django.db.backends.postgresql":
+    if item.get_closest_marker("postgres") and "postgresql" not in settings.DATABASES["default"]["ENGINE"]:
         missing.append("PostgreSQL (set DATABASE_URL)")
     if item.get_closest_marker("redis") and not settings.REDIS_URL:
         missing.append("Redis (set REDIS_URL)")

@@ -125,7 +125,7 @@ def celery_processes(django_db_setup, django_db_blocker):
     (and its database connections closed) before pytest-django drops the test database."""
     from django.conf import settings
 
-    if settings.DATABASES["default"]["ENGINE"] != "django.db.backends.postgresql" or not settings.REDIS_URL:
+    if "postgresql" not in settings.DATABASES["default"]["ENGINE"] or not settings.REDIS_URL:
         pytest.skip("browser journeys need PostgreSQL and Redis")
     # Our own Redis database only (REDIS_URL's number): a clean broker and heartbeat store.
     _redis().flushdb()
