@@ -48,10 +48,11 @@ PRODUCTION_SETTINGS: dict[str, str] = {
 REPORTED = ("shared_buffers", "max_wal_size", "autovacuum", "synchronous_commit", "fsync", "wal_compression")
 
 
-def _bin() -> Path:
+def postgres_bin() -> Path:
+    """Where initdb and pg_ctl are: FLEETSTATUS_PG_BIN, else Debian's newest /usr/lib/postgresql/<version>/bin, else PATH."""
     configured = os.environ.get("FLEETSTATUS_PG_BIN")
     candidates = [configured] if configured else []
-    candidates += sorted(glob.glob("/usr/lib/postgresql/*/bin"), key=lambda p: Path(p).parent.name.zfill(4), reverse=True)
+    candidates += sorted(glob.glob("/usr/lib/postgresql/*/bin"), key=lambda p: int(Path(p).parent.name) if Path(p).parent.name.isdigit() else 0, reverse=True)
     found = shutil.which("pg_ctl")
     if found:
         candidates.append(str(Path(found).resolve().parent))
@@ -70,7 +71,7 @@ def _port_open(port: int) -> bool:
 class BenchPostgres:
     def __init__(self, log) -> None:
         self.log = log
-        self.bin = _bin()
+        self.bin = postgres_bin()
         self.data = DATA_ROOT / "data"
         self.logfile = DATA_ROOT / "server.log"
         self.as_postgres = os.geteuid() == 0  # PostgreSQL refuses to run as root

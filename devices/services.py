@@ -25,7 +25,7 @@ from django.db.models.expressions import RawSQL
 from django.db.models.functions import Coalesce, Greatest
 from django.utils import timezone
 
-from devices import devcache
+from devices import devcache, reports
 from devices.models import UUID_REGEX, Device, StatusTransition, effective_poll_interval, heartbeat_window
 from devices.status import SIGNALS, HeartbeatState, Status, annotate_signals, compute_status, with_computed_status
 from fleets.keys import generate_key, hash_key
@@ -401,21 +401,10 @@ def record_heartbeat(
 STATE_REPORTED = "state report"
 # Every column a state report can write (devices/reports.py), the two contact times included.
 STATE_REPORT_FIELDS: tuple[str, ...] = (
-    "status",
-    "os_version",
-    "os_variant",
-    "supervisor_version",
-    "ip_address",
-    "mac_address",
-    "provisioning_state",
-    "provisioning_progress",
-    "memory_usage",
-    "memory_total",
-    "storage_usage",
-    "storage_total",
-    "cpu_usage",
-    "cpu_temp",
-    "is_undervolted",
+    *reports.REPORT_TEXT_FIELDS,
+    *reports.REPORT_INT_FIELDS,
+    *reports.REPORT_BOOL_FIELDS,
+    # What the apps part of a report reduces to (reports.summarize_apps).
     "update_status",
     "download_progress",
     "release",

@@ -11,7 +11,6 @@ Everything that waits for a process does so with a bounded poll (`wait_until`), 
 
 from __future__ import annotations
 
-import glob
 import json
 import os
 import shutil
@@ -63,17 +62,13 @@ def wait_until(predicate: Callable[[], Any], *, timeout: float, interval: float 
 
 
 def _postgres_bin() -> Path:
-    configured = os.environ.get("FLEETSTATUS_PG_BIN")
-    candidates = [configured] if configured else []
-    # Debian keeps each major version's server binaries under /usr/lib/postgresql/<version>/bin.
-    candidates += sorted(glob.glob("/usr/lib/postgresql/*/bin"), key=lambda p: int(Path(p).parent.name) if Path(p).parent.name.isdigit() else 0, reverse=True)
-    found = shutil.which("pg_ctl")
-    if found:
-        candidates.append(str(Path(found).resolve().parent))
-    for candidate in candidates:
-        if candidate and (Path(candidate) / "initdb").exists() and (Path(candidate) / "pg_ctl").exists():
-            return Path(candidate)
-    raise ServiceUnavailable("PostgreSQL server binaries (initdb, pg_ctl) not found; set FLEETSTATUS_PG_BIN")
+    # One search for the server binaries, shared with the benchmarks' own cluster.
+    from benchmarks.pgserver import postgres_bin
+
+    try:
+        return postgres_bin()
+    except RuntimeError as exc:
+        raise ServiceUnavailable(str(exc)) from None
 
 
 def _redis_bin() -> str:
