@@ -106,14 +106,17 @@ class Device(models.Model):
             models.Index(fields=["organization", "last_seen_at"], name="dev_org_last_seen"),
             # "Last seen, newest first" (DESC NULLS LAST) has its own PostgreSQL-only index,
             # created in migration 0002 outside the model state (SQLite cannot index NULLS LAST).
-            models.Index(fields=["organization", "device_type"], name="dev_org_device_type"),
-            models.Index(fields=["organization", "os_version"], name="dev_org_os"),
-            models.Index(fields=["organization", "release"], name="dev_org_release"),
-            models.Index(fields=["organization", "ip_address"], name="dev_org_ip"),
-            models.Index(fields=["organization", "api_heartbeat_state"], name="dev_org_heartbeat"),
-            # (No (organization, is_connected_to_vpn) index: for "sort by cloudlink" (two values, then
-            # the name) PostgreSQL preferred a scan of the organization's rows to it on the 1 M-device
-            # bench data, so it only cost writes; migration 0004.)
+            # The sorts with a second key (ORDER BY x, name, id): the index gives the page in order and
+            # only the id tiebreak among equal names is sorted (migration 0005).
+            models.Index(fields=["organization", "device_type", "name"], name="dev_org_device_type_name"),
+            models.Index(fields=["organization", "os_version", "name"], name="dev_org_os_name"),
+            models.Index(fields=["organization", "release", "name"], name="dev_org_release_name"),
+            models.Index(fields=["organization", "ip_address", "name"], name="dev_org_ip_name"),
+            models.Index(fields=["organization", "api_heartbeat_state", "name"], name="dev_org_heartbeat_name"),
+            models.Index(fields=["organization", "is_connected_to_vpn", "name"], name="dev_org_vpn_name"),
+            # PostgreSQL-only, outside the model state (migration 0005): trigram GIN indexes for the
+            # search (name contains: GIN (upper(name) gin_trgm_ops); IP contains: GIN (ip_address
+            # gin_trgm_ops)).
             models.Index(fields=["fleet", "overall_status"], name="dev_fleet_status"),
             models.Index(fields=["api_key_hash"], name="dev_api_key_hash"),
             models.Index(fields=["fleet", "name"], name="dev_fleet_name"),

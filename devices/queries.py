@@ -26,8 +26,9 @@ MAX_SEARCH_LENGTH = 100
 STATUS_SLUGS: tuple[str, ...] = tuple(s.value for s in Status)
 
 # Sortable columns, in the table's order: URL key -> (label, fields). The pk is always appended as the tiebreaker so the
-# order is total and a page boundary never shows a device twice or skips one. Every first field has
-# an (organization, field) index (devices/models.py); the second keeps equal values readable.
+# order is total and a page boundary never shows a device twice or skips one. Every sort has an index
+# that yields the page in order: (organization, field[, name]) on devices, and for the fleet sort
+# (organization, name) on fleets (devices/models.py, migration 0005; order_devices).
 SORTS: dict[str, tuple[str, tuple[str, ...]]] = {
     "name": ("Name", ("name",)),
     "status": ("Status", ("overall_status", "name")),
@@ -232,6 +233,12 @@ def order_devices(devices: QuerySet[Device], query: DeviceQuery) -> QuerySet[Dev
         ordering.append(
             expression.desc(nulls_last=nulls_last) if query.descending else expression.asc(nulls_last=nulls_last)
         )
+    if query.sort == "fleet":
+        # Always true (a device's fleet is in its organization: services refuse a move across
+        # organizations), but with it PostgreSQL knows the fleets' organization too, walks them in
+        # name order ((organization, name) on fleets) and reads each fleet's devices, rather than
+        # joining and sorting every device of the organization for one page.
+        devices = devices.filter(fleet__organization_id=F("organization_id"))
     return devices.order_by(*ordering)
 
 
