@@ -146,6 +146,7 @@ def run(args: argparse.Namespace, own_postgres_url: str | None) -> int:
             log(f"--skip-seed: no {plan.name!r} data in this database; run without --skip-seed first")
             return 2
         log(f"--skip-seed: reusing the data seeded at {seed.get_meta('seed')['seeded_at']}")
+        seed.restore_deferred_indexes(log)  # if the last seed died half-way
         # Earlier runs updated many rows (P5-P7 write devices, P6 re-arms 10,000 of them); where
         # autovacuum is off (as on the shared test server) index-only scans would degrade run by run.
         seed.vacuum(log=log)

@@ -34,9 +34,11 @@ organization (issue 8: pages fast at 100,000 devices of one organization).
 
 from django.db import migrations, models
 
+# {ops}: gin_trgm_ops qualified with the schema pg_trgm lives in, which need not be on the search
+# path (the bench's second installation lives in a schema of its own, the extension in public).
 PG_INDEXES = {
-    "dev_name_trgm": "ON devices_device USING gin ((upper(name::text)) gin_trgm_ops)",
-    "dev_ip_trgm": "ON devices_device USING gin (ip_address gin_trgm_ops)",
+    "dev_name_trgm": "ON devices_device USING gin ((upper(name::text)) {ops})",
+    "dev_ip_trgm": "ON devices_device USING gin (ip_address {ops})",
 }
 
 
@@ -44,8 +46,14 @@ def forwards(apps, schema_editor):
     if schema_editor.connection.vendor != "postgresql":
         return
     schema_editor.execute("CREATE EXTENSION IF NOT EXISTS pg_trgm")
+    with schema_editor.connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT n.nspname FROM pg_extension e JOIN pg_namespace n ON n.oid = e.extnamespace WHERE e.extname = 'pg_trgm'"
+        )
+        (schema,) = cursor.fetchone()
+    ops = f"{schema_editor.quote_name(schema)}.gin_trgm_ops"
     for name, definition in PG_INDEXES.items():
-        schema_editor.execute(f"CREATE INDEX IF NOT EXISTS {name} {definition}")
+        schema_editor.execute(f"CREATE INDEX IF NOT EXISTS {name} {definition.format(ops=ops)}")
 
 
 def backwards(apps, schema_editor):
