@@ -30,7 +30,7 @@ BATCH = 10_000
 
 def store():
     try:
-        from devices import heartbeats
+        from devices.live import heartbeats
     except ImportError as exc:
         raise NotAvailable("devices.heartbeats (the live heartbeat store) is missing") from exc
     if not hasattr(heartbeats, "store"):
@@ -76,7 +76,7 @@ def warm_heartbeats(now: datetime | None = None, *, log=print) -> int:
 def warm_device_cache(now: datetime | None = None, *, log=print) -> int:
     """Every active device's fetch configuration in the device cache, as its first database-path fetch leaves it."""
     try:
-        from devices import devcache
+        from devices.live import devcache
     except ImportError:
         return 0
     t0 = time.perf_counter()

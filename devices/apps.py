@@ -3,13 +3,13 @@ from django.db.models.signals import post_delete
 
 
 def _forget_deleted_device(sender, instance, **kwargs) -> None:
-    from devices import devcache
+    from devices.live import devcache
 
     devcache.forget_devices([instance.uuid])
 
 
 def _forget_deleted_fleet(sender, instance, **kwargs) -> None:
-    from devices import devcache
+    from devices.live import devcache
 
     devcache.forget_fleets([instance.pk])
 

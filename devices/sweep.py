@@ -17,7 +17,7 @@ from django.db.models import Exists, OuterRef, Q
 from django.utils import timezone
 from redis.exceptions import RedisError
 
-from devices import heartbeats
+from devices.live import heartbeats
 from devices.models import Device, StatusTransition, TaskRun
 from devices.services import BATCH_SIZE, expire_heartbeats, reconcile_frozen
 from devices.status import Status

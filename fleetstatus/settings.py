@@ -67,9 +67,9 @@ MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "csp.middleware.CSPMiddleware",
-    "devices.fastpath.TargetStateFastPathMiddleware",
+    "devices.api.fastpath.TargetStateFastPathMiddleware",
     # PATCH /device/v3/state goes straight to its view from here (devices/reportpath.py).
-    "devices.reportpath.StateReportDispatchMiddleware",
+    "devices.api.reportpath.StateReportDispatchMiddleware",
     "fleetstatus.middleware.RejectNulInQueryMiddleware",
     "fleetstatus.middleware.DatabaseUnavailableMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",

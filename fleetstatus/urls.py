@@ -6,7 +6,7 @@ from django.urls import include, path
 from django.views import defaults
 from django.views.generic import RedirectView
 
-from devices.openapi import openapi_json
+from devices.api.openapi import openapi_json
 
 
 def healthz(request):
@@ -46,5 +46,5 @@ urlpatterns = [
     path("fleets/", include("fleets.urls")),
     path("device/openapi.json", openapi_json, name="device-openapi"),
     # The device-facing API (balena-compatible paths: /device/..., /services/vpn/...).
-    path("", include("devices.api_urls")),
+    path("", include("devices.api.urls")),
 ]

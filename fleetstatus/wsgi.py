@@ -17,6 +17,6 @@ os.environ.setdefault('DJANGO_SETTINGS_MODULE', 'fleetstatus.settings')
 # every other request, and every fetch the cache cannot answer, goes to Django unchanged.
 _django = get_wsgi_application()
 
-from devices.fastpath import FastPathWSGI  # noqa: E402  (needs the apps loaded)
+from devices.api.fastpath import FastPathWSGI  # noqa: E402  (needs the apps loaded)
 
 application = FastPathWSGI(_django)

@@ -125,7 +125,7 @@ def _fresh_heartbeat_store():
     if settings.REDIS_URL:
         from redis.exceptions import RedisError
 
-        from devices import devcache, heartbeats
+        from devices.live import devcache, heartbeats
 
         try:
             heartbeats.store().reset()

@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from django.test import TestCase
 
-from devices import heartbeats
+from devices.live import heartbeats
 from devices.models import Device, StatusTransition
 
 T0 = datetime(2027, 3, 1, 12, 0, tzinfo=UTC)

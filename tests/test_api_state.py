@@ -8,7 +8,8 @@ from datetime import UTC, datetime, timedelta
 import pytest
 import time_machine
 
-from devices import heartbeats, services
+from devices import services
+from devices.live import heartbeats
 from devices.models import Device, StatusTransition
 from devices.status import HeartbeatState, Status
 from fleets.models import Tier

@@ -13,7 +13,7 @@ from django.test.utils import CaptureQueriesContext
 
 from devices import services
 from devices.models import Device, StatusTransition
-from devices.reports import MAX_TUNNEL_UUIDS
+from devices.api.reports import MAX_TUNNEL_UUIDS
 from devices.status import HeartbeatState, Status
 from tests.apiutil import bulk_devices, send, service_key, snapshot
 

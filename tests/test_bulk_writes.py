@@ -22,7 +22,8 @@ from django.db import connection, transaction
 from django.db.models import F
 from django.test.utils import CaptureQueriesContext
 
-from devices import reports, services
+from devices import services
+from devices.api import reports
 from devices.models import Device, StatusTransition
 from devices.status import HeartbeatState, Status, compute_status, compute_status_interpreted, with_computed_status
 from fleets.models import Fleet

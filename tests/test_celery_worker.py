@@ -20,7 +20,8 @@ import pytest
 from django.conf import settings
 from django.utils import timezone
 
-from devices import heartbeats, services
+from devices import services
+from devices.live import heartbeats
 from devices.models import Device, StatusTransition, TaskRun
 from devices.status import Status
 

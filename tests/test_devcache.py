@@ -18,7 +18,8 @@ from django.db import close_old_connections
 from django.http.response import ResponseHeaders
 from django.test import Client, RequestFactory, TestCase
 
-from devices import devcache, heartbeats, services
+from devices import services
+from devices.live import devcache, heartbeats
 from devices.models import Device, StatusTransition
 from devices.status import HeartbeatState, Status
 from fleets.keys import generate_key, hash_key
@@ -581,7 +582,7 @@ class _DatabaseDown:
 def test_a_cached_steady_state_fetch_needs_no_database(client, make_device, monkeypatch):
     device = make_device()
     at = steady(client, device)
-    monkeypatch.setattr("devices.api.Device", _DatabaseDown)
+    monkeypatch.setattr("devices.api.views.Device", _DatabaseDown)
     assert get(client, device, at=at).status_code == 200
 
 
@@ -589,6 +590,6 @@ def test_the_fallback_path_answers_503_when_the_database_is_down(client, make_de
     device = make_device()
     at = steady(client, device)
     heartbeats.store().client.zrem(heartbeats.ONLINE, device.pk)  # not online in Redis: the database decides
-    monkeypatch.setattr("devices.api.Device", _DatabaseDown)
+    monkeypatch.setattr("devices.api.views.Device", _DatabaseDown)
     r = get(client, device, at=at)
     assert r.status_code == 503 and r["Retry-After"] and "database" in r.json()["error"]

@@ -8,7 +8,8 @@ import pytest
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
-from devices import heartbeats, services
+from devices import services
+from devices.live import heartbeats
 from devices.status import HeartbeatState, Status
 from tests.hbutil import DEFAULT_WINDOW, T0, closed_port_url, fetch, history, no_redis, reload, store_mode  # noqa: F401
 

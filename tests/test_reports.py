@@ -6,7 +6,7 @@ import itertools
 
 import pytest
 
-from devices.reports import (
+from devices.api.reports import (
     MAX_TUNNEL_UUIDS,
     BadRequest,
     parse_json,

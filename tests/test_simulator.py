@@ -19,7 +19,7 @@ import pytest
 from django.core.management import call_command
 from django.core.management.base import CommandError
 
-from devices import simulator as sim
+import simulator as sim
 from devices.status import POST_PROVISIONING_STATE, UPDATE_STATUS_PRECEDENCE, HeartbeatState, Status, compute_status
 
 UUID = "a" * 32

@@ -12,7 +12,8 @@ from django.db import connection, connections
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
-from devices import heartbeats, services
+from devices import services
+from devices.live import heartbeats
 from devices.models import Device, StatusTransition, TaskRun
 from devices.status import HeartbeatState, Status
 from devices.sweep import prune_transitions, reconcile_all_frozen, run_sweep, sweep_health

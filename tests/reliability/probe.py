@@ -49,7 +49,7 @@ def create_devices(fleet_id: int, count: int, prefix: str = "") -> list[dict]:
 
 def heartbeat(uuids: list[str]) -> int:
     """A counted fetch for each device, through the same entry point the device API uses."""
-    from devices.heartbeats import record_fetch
+    from devices.live.heartbeats import record_fetch
     from devices.models import Device
 
     count = 0

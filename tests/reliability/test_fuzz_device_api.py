@@ -35,7 +35,7 @@ from schemathesis.core import NotSet
 
 from devices import services
 from devices.models import Device, StatusTransition
-from devices.openapi import build_document
+from devices.api.openapi import build_document
 from fleets.keys import generate_key, hash_key
 from fleets.models import Fleet, Organization, ServiceKey
 from tests.reliability import figures

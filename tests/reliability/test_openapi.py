@@ -9,7 +9,7 @@ import pytest
 import schemathesis
 from django.urls import URLPattern, URLResolver, get_resolver, resolve
 
-from devices.openapi import build_document
+from devices.api.openapi import build_document
 
 API_PREFIXES = ("device/", "services/")
 

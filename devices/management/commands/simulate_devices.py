@@ -15,7 +15,7 @@ from pathlib import Path
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from devices.simulator import MIXED, SCENARIO_CHOICES, Options, SimulatorError, run_simulator
+from simulator import MIXED, SCENARIO_CHOICES, Options, SimulatorError, run_simulator
 
 FLEET_RE = re.compile(r"^[-a-zA-Z0-9_]+/[-a-zA-Z0-9_]+$")
 

@@ -47,7 +47,7 @@ class _Heartbeats:
     """devices.heartbeats, imported on first use: it imports devices.services, which imports this."""
 
     def __getattr__(self, name: str):
-        from devices import heartbeats as module
+        from devices.live import heartbeats as module
 
         globals()["heartbeats"] = module
         return getattr(module, name)

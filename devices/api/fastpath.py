@@ -34,8 +34,8 @@ from django.utils import timezone
 from django.utils.module_loading import import_string
 from redis.exceptions import RedisError
 
-from devices import devcache, heartbeats
-from devices.api import BEARER_RE, config_for
+from devices.live import devcache, heartbeats
+from devices.api.views import BEARER_RE, config_for
 from devices.models import effective_poll_interval
 from fleets.keys import hash_key
 

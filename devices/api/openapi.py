@@ -12,7 +12,7 @@ from typing import Any
 from django.http import HttpRequest, JsonResponse
 from django.views.decorators.http import require_GET
 
-from devices import reports
+from devices.api import reports
 from devices.models import UUID_REGEX, Device
 from devices.status import UPDATE_STATUS_PRECEDENCE
 

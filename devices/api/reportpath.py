@@ -17,7 +17,7 @@ from collections.abc import Callable
 from django.db import InterfaceError, OperationalError
 from django.http import HttpRequest, HttpResponse
 
-from devices.api import state_report
+from devices.api.views import state_report
 from fleetstatus.middleware import DatabaseUnavailableMiddleware
 
 STATE_REPORT_PATH = "/device/v3/state"

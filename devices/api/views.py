@@ -24,9 +24,11 @@ from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.utils import timezone
 from django.views.decorators.csrf import csrf_exempt
 
-from devices import devcache, heartbeats, reports, services
+from devices import services
+from devices.api import reports
+from devices.live import devcache, heartbeats
 from devices.models import Device
-from devices.reports import BadRequest
+from devices.api.reports import BadRequest
 from fleets.keys import hash_key, key_matches
 from fleets.models import Fleet, ServiceKey
 

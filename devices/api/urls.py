@@ -2,7 +2,7 @@
 
 from django.urls import path
 
-from devices import api
+from devices.api import views as api
 
 urlpatterns = [
     path("device/register", api.register, name="device-api-register"),

@@ -1,0 +1,1 @@
+"""Live device state in Redis: the heartbeat store and the device cache."""
