@@ -1,4 +1,4 @@
-"""Drive virtual devices against a fleetstatus server over HTTP (see devices/simulator.py).
+"""Drive virtual devices against a fleetstatus server over HTTP (the `simulator` package).
 
 Without --provisioning-key/--service-key the keys come from var/demo.json, written by load_demo,
 so `dev.py run` can start it from the Procfile with no secrets on the command line.
