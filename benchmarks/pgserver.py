@@ -29,7 +29,7 @@ DATA_ROOT = ROOT / "var" / "bench-postgres"
 PORT = int(os.environ.get("FLEETSTATUS_BENCH_PG_PORT", "55432"))
 DATABASE = "fleetstatus_bench"
 
-# A large-fleet deployment on a 24 GB, 2-core machine with an SSD (README "Deployment").
+# A large-fleet deployment on a machine with 24 GB of RAM and an SSD (README "Deployment").
 PRODUCTION_SETTINGS: dict[str, str] = {
     "shared_buffers": "4GB",  # ~1/4 of RAM: the device table and its indexes stay in PostgreSQL's cache
     "effective_cache_size": "12GB",

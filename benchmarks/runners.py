@@ -1,4 +1,4 @@
-"""The figures of issue 8 and the function that measures each (P1-P7)."""
+"""The performance figures (README "Performance") and the function that measures each (P1-P7)."""
 
 from __future__ import annotations
 

@@ -7,7 +7,7 @@ contain "bench". The only DDL: the secondary indexes of the device and transitio
 for the load and built again from their own definitions after it (defer_indexes), which is much
 cheaper than maintaining 18 indexes row by row.
 
-How the ten organizations cover every scenario of issue 8 (the issue asks for a 1,000,000-device
+How the ten organizations cover every scenario of the figures (they need a 1,000,000-device
 installation of 10 organizations *and* "an organization with 1,000 fleets and 1,000,000 devices",
 which cannot both be one organization):
 

@@ -232,7 +232,7 @@ def p6(ctx: Context) -> list[Row]:
             {"large": big, "small": small, "ratio_small_to_large": round(ratio, 3)},
         )
     ]
-    # Not a target of issue 8, but the cost the sweep really has under P4's load: at 1,700 fetches/s
+    # Not a target, but the cost the sweep really has under P4's load: at 1,700 fetches/s
     # and one sweep every 10 s, about 17,000 fetches wait in the store for write-back at each run.
     pending = 1_700 * 10 if not ctx.quick else 1_700
     loaded = measure(ctx, ids, now, 1, pending_fetches=pending, warm_first=False)

@@ -122,7 +122,37 @@ def test_device_keys_are_deterministic_and_distinct():
     assert len(seed.device_key(a)) == 64
 
 
-def test_the_full_plan_is_the_installation_issue_8_describes():
+def test_the_full_plan_is_the_installation_the_figures_describe():
     assert (seed.FULL.total_devices, seed.FULL.total_fleets, len(seed.FULL.orgs)) == (1_000_000, 1_000, 10)
     by_slug = {o.slug: o for o in seed.FULL.orgs}
     assert by_slug["bench-large"].devices == 100_000 and by_slug["bench-small"].devices == 1_000
+
+
+def test_seeding_alone_is_an_option_of_the_bench():
+    from benchmarks.cli import parse_args
+
+    assert parse_args(["--seed-only", "--quick"]).seed_only is True
+    assert parse_args([]).seed_only is False
+    with pytest.raises(SystemExit):
+        parse_args(["--seed-only", "--skip-seed"])
+
+
+def test_the_app_never_imports_the_benchmarks():
+    import ast
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    offenders = []
+    for folder in ("devices", "fleets", "fleetstatus", "simulator"):
+        for path in (root / folder).rglob("*.py"):
+            for node in ast.walk(ast.parse(path.read_text(), str(path))):
+                names = (
+                    [a.name for a in node.names]
+                    if isinstance(node, ast.Import)
+                    else [node.module or ""]
+                    if isinstance(node, ast.ImportFrom)
+                    else []
+                )
+                if any(n == "benchmarks" or n.startswith("benchmarks.") for n in names):
+                    offenders.append(str(path.relative_to(root)))
+    assert offenders == []

@@ -44,7 +44,7 @@ class Timeline:
 
 
 def fold_apps(apps: dict[str, Any]) -> tuple[str | None, int | None]:
-    """What the API makes of `apps` (issue #3): lowest update status wins; a Downloading service
+    """What the API makes of `apps`: lowest update status wins; a Downloading service
     with a progress makes the device downloading at that progress."""
     statuses, progress = [], None
     for app in apps.values():
@@ -215,7 +215,7 @@ def test_scripts_are_deterministic_per_seed():
 
 @pytest.mark.parametrize("scenario", sim.SCENARIOS)
 def test_every_report_respects_the_field_contract(scenario):
-    """Everything a script sends is a value the API accepts (DESIGN.md §3, devices.models limits)."""
+    """Everything a script sends is a value the API accepts (docs/design.md, The device API; devices.models limits)."""
     texts = {
         "status": 50,
         "os_version": 64,
@@ -320,7 +320,7 @@ def test_state_file_round_trip(tmp_path):
 
 
 class FakeServer:
-    """The device API contract of issue #3, in memory, recording every request."""
+    """The device API contract, in memory, recording every request."""
 
     def __init__(self, *, interval_ms: int = 20, register_status: int = 201, fail_state: int | None = None) -> None:
         self.interval_ms = interval_ms
