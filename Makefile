@@ -7,4 +7,4 @@ test:
 bench:
 	python3 dev.py bench
 lint:
-	.venv/bin/ruff check . && .venv/bin/ruff format --check .
+	python3 dev.py lint
