@@ -68,10 +68,10 @@ def reliability_dir() -> Iterator[Path]:
 def pg_cluster(reliability_dir: Path) -> Iterator[PostgresServer]:
     try:
         server = PostgresServer(reliability_dir)
+        server.init()
+        server.start()
     except ServiceUnavailable as exc:
         _unavailable(exc)
-    server.init()
-    server.start()
     try:
         server.create_database(TEMPLATE_DB)
         redis_for_migrate = RedisServer(reliability_dir / "migrate")

@@ -3,8 +3,9 @@
 Fault tests stop, kill and restart these at will, so they must never be the machine's shared
 PostgreSQL (5432) or Redis (6379): every instance here lives in a temporary directory, listens on a
 free loopback port and is owned by the test that started it. CI runs as root, so initdb and
-pg_ctl run as the `postgres` OS user (PostgreSQL refuses to run as root); a developer running as
-themselves runs them directly.
+pg_ctl run as the `postgres` OS user through runuser (PostgreSQL refuses to run as root); a
+developer running as themselves runs them directly. A missing tool raises ServiceUnavailable, which
+conftest.py turns into a skip with the reason (a failure with FLEETSTATUS_REQUIRE_SERVICES=1).
 
 Everything that waits for a process does so with a bounded poll (`wait_until`), never a bare sleep.
 """
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import pwd
 import shutil
 import signal
 import socket
@@ -30,7 +32,7 @@ VENV_BIN = Path(sys.executable).parent
 
 
 class ServiceUnavailable(RuntimeError):
-    """The binaries a fault test needs are not installed on this machine."""
+    """A tool a fault test needs (server binaries, runuser, the postgres user) is not on this machine."""
 
 
 def free_port() -> int:
@@ -71,6 +73,20 @@ def _postgres_bin() -> Path:
         raise ServiceUnavailable(str(exc)) from None
 
 
+def _run_as_postgres_prefix() -> list[str]:
+    """What runs a command as the `postgres` OS user when we are root (PostgreSQL refuses root)."""
+    if os.geteuid() != 0:
+        return []
+    runuser = shutil.which("runuser")
+    if runuser is None:
+        raise ServiceUnavailable("running as root, PostgreSQL must run as the postgres user, but runuser is not installed")
+    try:
+        pwd.getpwnam("postgres")
+    except KeyError:
+        raise ServiceUnavailable("running as root, PostgreSQL must run as the postgres user, which does not exist") from None
+    return [runuser, "-u", "postgres", "--"]
+
+
 def _redis_bin() -> str:
     found = shutil.which("redis-server")
     if not found:
@@ -88,13 +104,15 @@ class PostgresServer:
         self.socket_dir = self.dir / "sock"
         self.log = self.dir / "server.log"
         self.port = port or free_port()
-        self._as_postgres = os.geteuid() == 0
+        self._prefix = _run_as_postgres_prefix()
+        self._as_postgres = bool(self._prefix)
 
     def _run(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
-        cmd = list(args)
-        if self._as_postgres:
-            cmd = ["runuser", "-u", "postgres", "--", *cmd]
-        result = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+        cmd = [*self._prefix, *args]
+        try:
+            result = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+        except FileNotFoundError as exc:
+            raise ServiceUnavailable(f"{cmd[0]} not found: {exc}") from None
         if result.returncode != 0:
             tail = self.log.read_text()[-2000:] if self.log.exists() else ""
             raise RuntimeError(f"{' '.join(args)} failed ({result.returncode}): {result.stdout}{result.stderr}\n{tail}")
