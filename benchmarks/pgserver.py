@@ -9,7 +9,7 @@ the server's configuration, not of fleetstatus.
 
 So when DATABASE_URL is not set, `python3 dev.py bench` runs its own cluster (initdb once, kept so
 `--skip-seed` can reuse the data, started for the run and stopped after) with the settings README's
-"Deployment" section recommends for a large fleet (PRODUCTION_SETTINGS). The cluster lives in
+"PostgreSQL for a large fleet" recommends (PRODUCTION_SETTINGS). The cluster lives in
 `var/bench-postgres/` of the checkout, unless the server must run as the `postgres` user (we are root)
 and that user cannot enter the checkout (a clone under /root, a `mktemp -d` folder): then it lives in
 /var/tmp/fleetstatus-bench-<hash of the checkout's path> (FLEETSTATUS_BENCH_PG_DIR overrides both).
@@ -33,7 +33,7 @@ LOCAL_DATA_ROOT = ROOT / "var" / "bench-postgres"
 PORT = int(os.environ.get("FLEETSTATUS_BENCH_PG_PORT", "55432"))
 DATABASE = "fleetstatus_bench"
 
-# A large-fleet deployment on a machine with 24 GB of RAM and an SSD (README "Deployment").
+# A large-fleet deployment on a machine with 24 GB of RAM and an SSD (README "PostgreSQL for a large fleet").
 PRODUCTION_SETTINGS: dict[str, str] = {
     "shared_buffers": "4GB",  # ~1/4 of RAM: the device table and its indexes stay in PostgreSQL's cache
     "effective_cache_size": "12GB",
