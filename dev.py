@@ -67,10 +67,10 @@ def venv_env(**defaults: str) -> dict[str, str]:
 
 
 def manage(env: dict[str, str], *args: str, capture: bool = False) -> str:
-    result = subprocess.run(
-        [str(PYTHON), "manage.py", *args], cwd=ROOT, env=env, check=True, text=True, capture_output=capture
-    )
-    return result.stdout if capture else ""
+    # Only stdout is captured: errors still reach the terminal as they happen.
+    stdout = subprocess.PIPE if capture else None
+    result = subprocess.run([str(PYTHON), "manage.py", *args], cwd=ROOT, env=env, check=True, text=True, stdout=stdout)
+    return result.stdout or ""
 
 
 def run(args: list[str]) -> int:
@@ -89,7 +89,7 @@ def run(args: list[str]) -> int:
     demo = manage(env, "load_demo", capture=True)
     print(demo, end="", flush=True)
     login = next((line for line in demo.splitlines() if line.startswith("login:")), "login: see above")
-    var_dir = Path(env.get("FLEETSTATUS_VAR_DIR") or ROOT / "var")
+    var_dir = ROOT / (env.get("FLEETSTATUS_VAR_DIR") or "var")  # the Procfile resolves it from ROOT too
     var_dir.mkdir(parents=True, exist_ok=True)
     print(
         f"\nfleetstatus is starting on http://127.0.0.1:{env['PORT']}/  ({login}; Ctrl-C stops it)"
