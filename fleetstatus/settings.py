@@ -98,6 +98,15 @@ TEMPLATES = [
             ],
         },
     },
+    {
+        # The hot fragments (table rows, history rows, fleet cards) and the pieces every page shares
+        # (badge, icons, times): Jinja2 renders them several times faster than Django's engine.
+        "BACKEND": "django.template.backends.jinja2.Jinja2",
+        "NAME": "jinja2",
+        "DIRS": [BASE_DIR / "templates" / "jinja2"],
+        "APP_DIRS": False,
+        "OPTIONS": {"environment": "fleetstatus.jinja2.environment"},
+    },
 ]
 
 WSGI_APPLICATION = "fleetstatus.wsgi.application"

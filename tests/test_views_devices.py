@@ -116,9 +116,9 @@ def test_every_status_has_its_badge_label_marker_and_count(owner_client, make_de
 
 
 def test_each_status_icon_has_a_distinct_shape():
-    from devices.templatetags.fleetstatus import ICONS
+    from devices.templatetags.fleetstatus import icon_shapes
 
-    shapes = [ICONS[s.value] for s in Status]
+    shapes = [icon_shapes()[s.value] for s in Status]
     assert len(set(shapes)) == len(shapes)
 
 
