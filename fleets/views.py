@@ -16,7 +16,7 @@ from django.http import HttpRequest, HttpResponse
 from django.urls import reverse
 from django.utils import timezone
 
-from devices.queries import STATUS_SLUGS, fleet_status_counts, user_organizations
+from devices.queries import STATUS_SLUGS, fleet_status_counts, page_of, parse_page_number, user_organizations
 from devices.status import Status
 from devices.views import dashboard_view, render_page
 from fleets.models import Fleet, Tier
@@ -54,11 +54,6 @@ FLEET_SORTS: dict[str, tuple[str, str, bool]] = {
     "not_online": ("Most not online", "not_online", True),
 }
 DEFAULT_FLEET_SORT = "name"
-
-
-def _page_number(value: str) -> int | None:
-    value = value.strip()
-    return int(value) if value.isdigit() and 0 < int(value) < 10**9 else None
 
 
 @dashboard_view
@@ -109,14 +104,9 @@ def fleet_list(request: HttpRequest) -> HttpResponse:
     entries.sort(key=lambda e: org_order[e["fleet"].organization_id])
 
     paginator = Paginator(entries, FLEETS_PER_PAGE)
-    number = _page_number(request.GET.get("page", "1")) if request.GET.get("page", "").strip() else 1
-    if number is None:
-        notices.append(f"Page {request.GET['page'][:20]!r} is not a page number; showing the first page.")
-        number = 1
-    if number > paginator.num_pages:
-        notices.append(f"There is no page {number}; showing the last page ({paginator.num_pages}).")
-        number = paginator.num_pages
-    page = paginator.page(number)
+    number, notice = parse_page_number(request.GET.get("page", ""))
+    page, beyond = page_of(paginator, number or 1)
+    notices += [n for n in (notice, beyond) if n]
 
     for entry in page.object_list:
         fleet = entry["fleet"]
@@ -148,10 +138,7 @@ def fleet_list(request: HttpRequest) -> HttpResponse:
         if section["fleets"] or (not section["fleet_total"] and page.number == 1):
             section["fleets_elsewhere"] = section["fleet_total"] - len(section["fleets"])
             shown.append(section)
-    sort_links = [
-        {"key": k, "label": label, "selected": k == sort}
-        for k, (label, _, _) in FLEET_SORTS.items()
-    ]
+    sort_links = [{"key": k, "label": label, "selected": k == sort} for k, (label, _, _) in FLEET_SORTS.items()]
     context = {
         "page_name": "Fleets",
         "now": timezone.now(),
