@@ -32,7 +32,7 @@ def _segments(counts: dict[str, int], href: str = "") -> list[dict]:
 
 
 class FleetRow(NamedTuple):
-    """What a fleet card shows of a fleet (devices/templatetags/fleetstatus.py fleet_card)."""
+    """What a fleet card shows of a fleet (templates/jinja2/fleets/_cards.html)."""
 
     pk: int
     organization_id: int
@@ -62,11 +62,12 @@ def fleet_list(request: HttpRequest) -> HttpResponse:
 
     Every count comes from one query over the kept counts (fleets/counts.py), so an installation of
     a thousand fleets and a million devices costs the same six queries as one of three fleets; only
-    the page's fleets are rendered (a thousand cards were 5 MB of HTML on every 10 s poll).
+    the page's fleets are rendered (a thousand cards would be megabytes of HTML on every poll).
     """
     organizations = user_organizations(request)
     counts = fleet_status_counts(organizations)
-    # Plain rows, not model instances: a thousand Fleet objects were a third of this page's CPU.
+    # Plain rows, not model instances: the page reads every fleet of the organizations, and building
+    # a model instance per fleet would be most of its work.
     fleets = [
         FleetRow(*row)
         for row in Fleet.objects.filter(organization__in=organizations)
@@ -122,7 +123,7 @@ def fleet_list(request: HttpRequest) -> HttpResponse:
     for section in sections.values():
         c = section["counts"]
         section["total"] = sum(c.values())
-        # Inactive devices do not count toward the allowance (DESIGN.md §2.3); frozen ones do.
+        # Inactive devices do not count toward the allowance (docs/design.md, Frozen and Inactive); frozen ones do.
         section["active"] = section["total"] - c[Status.INACTIVE]
         section["frozen"] = c[Status.FROZEN]
         section["segments"] = _segments(c)
