@@ -37,7 +37,8 @@ def render_macro(template_name: str, macro: str, *args: Any) -> Markup:
     """Call a macro of templates/jinja2/ (Jinja2 caches the compiled template); its autoescaped markup."""
     html = getattr(engines["jinja2"].env.get_template(template_name).module, macro)(*args)
     for markupsafe_quote, django_quote in _QUOTES:
-        html = html.replace(markupsafe_quote, django_quote)
+        if markupsafe_quote in html:  # rare (a quote in a name), and a scan is cheaper than a copy
+            html = html.replace(markupsafe_quote, django_quote)
     return html
 
 
@@ -174,13 +175,14 @@ def _now(context) -> datetime:
 @register.simple_tag
 @lru_cache(maxsize=256)
 def status_icon(slug: str, css_class: str = "icon") -> Markup:
-    # Cached: the same few icons are drawn many times per page. Also the Jinja2 templates' icon().
+    # Cached: the same few icons are drawn many times per page (restart to see an edited icon). Also
+    # the Jinja2 filter slug|icon(css).
     return render_macro("_components.html", "svg_icon", slug, css_class)
 
 
 @register.simple_tag
 def badge(device) -> Markup:
-    """The status badge of a device; also the Jinja2 templates' badge()."""
+    """The status badge of a device; also the Jinja2 filter device|badge."""
     status = device.overall_status
     return _badge(status, device.frozen_reason if status == Status.FROZEN else "", badge_progress(device))
 
