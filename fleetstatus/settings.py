@@ -99,8 +99,9 @@ TEMPLATES = [
         },
     },
     {
-        # The hot fragments (table rows, history rows, fleet cards) and the pieces every page shares
-        # (badge, icons, times): Jinja2 renders them several times faster than Django's engine.
+        # The hot fragments (table rows, history rows, fleet cards) and the pieces they share with every
+        # page (badge, icons, times): Django's engine is several times slower at them
+        # (python -m benchmarks.fragments --django).
         "BACKEND": "django.template.backends.jinja2.Jinja2",
         "NAME": "jinja2",
         "DIRS": [BASE_DIR / "templates" / "jinja2"],
