@@ -223,6 +223,7 @@ class DeviceAdmin(admin.ModelAdmin):
 
     @admin.display(description="UUID", ordering="uuid")
     def uuid_prefix(self, obj: Device) -> SafeString:
+        # The admin shows this method's return value (no template): format_html escapes every value.
         return format_html('<code title="{}">{}</code>', obj.uuid, obj.short_uuid)
 
     @admin.display(description="Fleet", ordering="fleet__name")
@@ -246,6 +247,7 @@ class DeviceAdmin(admin.ModelAdmin):
     def last_seen(self, obj: Device) -> SafeString | str:
         if obj.last_seen_at is None:
             return "Never"
+        # The admin shows this method's return value (no template): format_html escapes every value.
         return format_html(
             '<time datetime="{}" title="{}">{}</time>',
             obj.last_seen_at.isoformat(),
@@ -270,6 +272,7 @@ class DeviceAdmin(admin.ModelAdmin):
         rows = list(StatusTransition.objects.filter(device=obj)[:10])
         if not rows:
             return "None"
+        # The admin shows this method's return value (no template): format_html escapes every value.
         return format_html(
             "<ul>{}</ul>",
             format_html_join(

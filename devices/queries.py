@@ -178,12 +178,11 @@ def parse_device_query(params: QueryDict | Mapping, organizations: list[Organiza
             )
 
     page_values = getlist("page")
-    page = (page_values[-1] if page_values else "").strip()
-    if page:
-        if page.isdigit() and 0 < int(page) < 10**9:
-            query.page, query.page_given = int(page), True
-        else:
-            query.notices.append(f"Page {page[:20]!r} is not a page number; showing the first page.")
+    number, notice = parse_page_number(page_values[-1] if page_values else "")
+    if number is not None:
+        query.page, query.page_given = number, True
+    elif notice:
+        query.notices.append(notice)
     return query
 
 
@@ -274,7 +273,28 @@ def fleet_status_counts(organizations: list[Organization]) -> dict[int, dict[str
     return kept_counts.fleet_status_counts([o.pk for o in organizations])
 
 
-# --- Pagination without COUNT(*) -----------------------------------------------------------------------
+# --- Pagination ----------------------------------------------------------------------------------------
+
+
+def parse_page_number(value: str) -> tuple[int | None, str | None]:
+    """The page a query string asks for: (its number, or None when not given or unusable; a notice
+    when unusable). The Devices and Fleets pages both read ?page= with it."""
+    value = value.strip()
+    if not value:
+        return None, None
+    # isdecimal, not isdigit: "²" is a digit that int() refuses.
+    if value.isdecimal() and 0 < int(value) < 10**9:
+        return int(value), None
+    return None, f"Page {value[:20]!r} is not a page number; showing the first page."
+
+
+def page_of(paginator: Paginator, number: int) -> tuple[Page, str | None]:
+    """Page `number`, or the last page with a notice when there are fewer."""
+    if number > paginator.num_pages:
+        return paginator.page(paginator.num_pages), (
+            f"There is no page {number}; showing the last page ({paginator.num_pages})."
+        )
+    return paginator.page(number), None
 
 
 def paginate(devices: QuerySet[Device], total: int, query: DeviceQuery) -> tuple[Page, str | None]:
@@ -285,9 +305,4 @@ def paginate(devices: QuerySet[Device], total: int, query: DeviceQuery) -> tuple
     """
     paginator = Paginator(devices, PAGE_SIZE)
     paginator.count = total  # cached_property: setting it skips the COUNT query
-    notice = None
-    number = query.page
-    if number > paginator.num_pages:
-        notice = f"There is no page {number}; showing the last page ({paginator.num_pages})."
-        number = paginator.num_pages
-    return paginator.page(number), notice
+    return page_of(paginator, query.page)

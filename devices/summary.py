@@ -25,7 +25,7 @@ UPTIME_WINDOWS: tuple[tuple[str, timedelta], ...] = (
 PARTIAL = (Status.ONLINE_VPN_ONLY.value, Status.ONLINE_HEARTBEAT_ONLY.value)
 NO_DATA = ""  # the from_status of a device's first transition: before it existed
 
-# What each status means (DESIGN.md §2), shown under the badge.
+# What each status means (docs/design.md, Statuses), shown under the badge.
 MEANINGS: dict[str, str] = {
     "online": "Both links work: it fetches its target state on time and its cloudlink tunnel is up.",
     "online-vpn-only": "Its tunnel is up, but it has not fetched its target state within its polling window.",
@@ -38,7 +38,7 @@ MEANINGS: dict[str, str] = {
     "frozen": "Outside its organization's device allowance, or in a paid fleet type while the organization is on the free tier.",
 }
 
-# Why a rule matched, by its position in RULES (DESIGN.md §2.1 numbers them from 1).
+# Why a rule matched, by its position in RULES (docs/design.md, The rule, numbers them from 1).
 RULE_REASONS: dict[int, str] = {
     1: "It is deactivated (by a user, or preregistered and never connected). Any contact from the device reactivates it.",
     2: "It is outside what its organization may run: {frozen_reason}. Frozen devices get no target state.",
@@ -264,7 +264,9 @@ def history(
     if before is not None:
         # (at, id) <= the named transition's, as one row comparison on the index.
         transitions = transitions.extra(
-            where=["(at, id) <= (SELECT t.at, t.id FROM devices_statustransition t WHERE t.id = %s AND t.device_id = %s)"],
+            where=[
+                "(at, id) <= (SELECT t.at, t.id FROM devices_statustransition t WHERE t.id = %s AND t.device_id = %s)"
+            ],
             params=[before, device.pk],
         )
     rows = list(transitions[: limit + 1 + (before is not None)])
@@ -358,7 +360,9 @@ def uptime(device: Device, now: datetime, current_status: str) -> list[Uptime]:
         diff = ExpressionWrapper(F("at") - Value(start), output_field=DurationField())
         sums[f"w{i}"] = Sum(diff, filter=Q(at__gt=start)) if start > base else Sum(diff)
     names = [f"w{i}" for i in range(len(UPTIME_WINDOWS))]
-    pairs = in_window.values("from_status", "to_status").annotate(**sums).values_list("from_status", "to_status", *names)
+    pairs = (
+        in_window.values("from_status", "to_status").annotate(**sums).values_list("from_status", "to_status", *names)
+    )
     totals: list[dict[str, float]] = [dict() for _ in UPTIME_WINDOWS]
     for leaving, entering, *values in pairs:
         for i, value in enumerate(values):

@@ -7,6 +7,6 @@ app_name = "devices"
 urlpatterns = [
     path("", views.device_list, name="list"),
     path("export.csv", views.device_export, name="export"),
-    # 32 or 62 hex characters (DESIGN.md §3); anything else is a 404 without a query.
+    # 32 or 62 hex characters (docs/design.md, Device API); anything else is a 404 without a query.
     re_path(r"^(?P<uuid>[0-9a-fA-F]{32}|[0-9a-fA-F]{62})/$", views.device_detail, name="detail"),
 ]

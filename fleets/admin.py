@@ -215,6 +215,7 @@ class FleetAdmin(DeviceCountsAdmin):
         shown = [(s, n) for s, n in counts if n]
         if not shown:
             return "–"
+        # The admin shows this method's return value (no template): format_html escapes every value.
         return format_html_join(
             " · ",
             '<a style="white-space:nowrap" href="{}?fleet__id__exact={}&amp;overall_status__exact={}">{}&nbsp;{}</a>',

@@ -16,7 +16,7 @@ from django.http import HttpRequest, HttpResponse
 from django.urls import reverse
 from django.utils import timezone
 
-from devices.queries import STATUS_SLUGS, fleet_status_counts, user_organizations
+from devices.queries import STATUS_SLUGS, fleet_status_counts, page_of, parse_page_number, user_organizations
 from devices.status import Status
 from devices.views import dashboard_view, render_page
 from fleets.models import Fleet, Tier
@@ -32,7 +32,7 @@ def _segments(counts: dict[str, int], href: str = "") -> list[dict]:
 
 
 class FleetRow(NamedTuple):
-    """What a fleet card shows of a fleet (devices/templatetags/fleetstatus.py fleet_card)."""
+    """What a fleet card shows of a fleet (templates/jinja2/fleets/_cards.html)."""
 
     pk: int
     organization_id: int
@@ -56,22 +56,18 @@ FLEET_SORTS: dict[str, tuple[str, str, bool]] = {
 DEFAULT_FLEET_SORT = "name"
 
 
-def _page_number(value: str) -> int | None:
-    value = value.strip()
-    return int(value) if value.isdigit() and 0 < int(value) < 10**9 else None
-
-
 @dashboard_view
 def fleet_list(request: HttpRequest) -> HttpResponse:
     """Organizations with their usage, and their fleets 50 per page (sorted by name, size or trouble).
 
     Every count comes from one query over the kept counts (fleets/counts.py), so an installation of
     a thousand fleets and a million devices costs the same six queries as one of three fleets; only
-    the page's fleets are rendered (a thousand cards were 5 MB of HTML on every 10 s poll).
+    the page's fleets are rendered (a thousand cards would be megabytes of HTML on every poll).
     """
     organizations = user_organizations(request)
     counts = fleet_status_counts(organizations)
-    # Plain rows, not model instances: a thousand Fleet objects were a third of this page's CPU.
+    # Plain rows, not model instances: the page reads every fleet of the organizations, and building
+    # a model instance per fleet would be most of its work.
     fleets = [
         FleetRow(*row)
         for row in Fleet.objects.filter(organization__in=organizations)
@@ -109,14 +105,9 @@ def fleet_list(request: HttpRequest) -> HttpResponse:
     entries.sort(key=lambda e: org_order[e["fleet"].organization_id])
 
     paginator = Paginator(entries, FLEETS_PER_PAGE)
-    number = _page_number(request.GET.get("page", "1")) if request.GET.get("page", "").strip() else 1
-    if number is None:
-        notices.append(f"Page {request.GET['page'][:20]!r} is not a page number; showing the first page.")
-        number = 1
-    if number > paginator.num_pages:
-        notices.append(f"There is no page {number}; showing the last page ({paginator.num_pages}).")
-        number = paginator.num_pages
-    page = paginator.page(number)
+    number, notice = parse_page_number(request.GET.get("page", ""))
+    page, beyond = page_of(paginator, number or 1)
+    notices += [n for n in (notice, beyond) if n]
 
     for entry in page.object_list:
         fleet = entry["fleet"]
@@ -132,7 +123,7 @@ def fleet_list(request: HttpRequest) -> HttpResponse:
     for section in sections.values():
         c = section["counts"]
         section["total"] = sum(c.values())
-        # Inactive devices do not count toward the allowance (DESIGN.md §2.3); frozen ones do.
+        # Inactive devices do not count toward the allowance (docs/design.md, Frozen and Inactive); frozen ones do.
         section["active"] = section["total"] - c[Status.INACTIVE]
         section["frozen"] = c[Status.FROZEN]
         section["segments"] = _segments(c)
@@ -148,10 +139,7 @@ def fleet_list(request: HttpRequest) -> HttpResponse:
         if section["fleets"] or (not section["fleet_total"] and page.number == 1):
             section["fleets_elsewhere"] = section["fleet_total"] - len(section["fleets"])
             shown.append(section)
-    sort_links = [
-        {"key": k, "label": label, "selected": k == sort}
-        for k, (label, _, _) in FLEET_SORTS.items()
-    ]
+    sort_links = [{"key": k, "label": label, "selected": k == sort} for k, (label, _, _) in FLEET_SORTS.items()]
     context = {
         "page_name": "Fleets",
         "now": timezone.now(),

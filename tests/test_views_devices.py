@@ -116,9 +116,9 @@ def test_every_status_has_its_badge_label_marker_and_count(owner_client, make_de
 
 
 def test_each_status_icon_has_a_distinct_shape():
-    from devices.templatetags.fleetstatus import ICONS
+    from devices.templatetags.fleetstatus import icon_shapes
 
-    shapes = [ICONS[s.value] for s in Status]
+    shapes = [icon_shapes()[s.value] for s in Status]
     assert len(set(shapes)) == len(shapes)
 
 
@@ -572,16 +572,15 @@ def test_only_safe_methods(owner_client):
     ["", "status=offline", "status=offline&status=updating&page=3", "q=a+b%26c&sort=-name", "page=2", "fleet=org/ki+osks&q=é"],
 )
 @pytest.mark.parametrize(
-    "changes", [{"status": None, "page": None}, {"status": "online", "page": None}, {"sort": "-last_seen", "page": None}]
+    "changes", [{"status": None, "page": None}, {"status": "online", "page": None}, {"sort": "-name", "page": None}]
 )
-def test_query_links_render_what_the_querystring_tag_renders(params, changes):
-    from django.http import QueryDict
+def test_links_render_what_the_querystring_tag_renders(owner_client, params, changes):
     from django.template import RequestContext, Template
     from django.test import RequestFactory
 
-    from devices.views import query_links
-
+    if changes.get("sort") and "sort=-name" in params:
+        changes = {**changes, "sort": "name"}  # the Name header's link toggles the direction
     request = RequestFactory().get(f"/devices/?{params}")
     args = " ".join(f"{k}=None" if v is None else f'{k}="{v}"' for k, v in changes.items())
     expected = Template("{% querystring " + args + " %}").render(RequestContext(request))
-    assert query_links(QueryDict(params))(**changes) == expected.replace("&amp;", "&")
+    assert f'href="{URL}{expected}"' in html(owner_client.get(f"{URL}?{params}"))
