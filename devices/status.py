@@ -256,6 +256,7 @@ def compute_status_interpreted(signals: Mapping[str, Any]) -> Status:
 
 
 def effective_cloudlink_expression() -> Coalesce:
+    """devices.models.effective_cloudlink as a query expression: the device's override, else its fleet's."""
     return Coalesce(F("cloudlink_enabled"), F("fleet__cloudlink_enabled"), output_field=models.BooleanField())
 
 
