@@ -96,9 +96,7 @@ def trigger_names(connection=default_connection) -> list[str]:
 def installed_triggers(connection=default_connection) -> set[str]:
     with connection.cursor() as cur:
         if connection.vendor == "postgresql":
-            cur.execute(
-                "SELECT tgname FROM pg_trigger WHERE tgrelid = to_regclass(%s) AND NOT tgisinternal", [DEVICES]
-            )
+            cur.execute("SELECT tgname FROM pg_trigger WHERE tgrelid = to_regclass(%s) AND NOT tgisinternal", [DEVICES])
         else:
             cur.execute("SELECT name FROM sqlite_master WHERE type = 'trigger' AND tbl_name = %s", [DEVICES])
         return {name for (name,) in cur.fetchall()}
@@ -269,7 +267,7 @@ def fleet_status_counts(organization_ids: Iterable[int]) -> dict[int, dict[str, 
     if scope is None:
         return counts
     where, params = scope
-    columns = ", ".join(f"sum(CASE WHEN status = %s THEN n ELSE 0 END)" for _ in STATUS_SLUGS)
+    columns = ", ".join("sum(CASE WHEN status = %s THEN n ELSE 0 END)" for _ in STATUS_SLUGS)
     with default_connection.cursor() as cur:
         cur.execute(
             f"""SELECT fleet_id, {columns} FROM (
