@@ -23,9 +23,9 @@ from django.db.models import F
 from django.test.utils import CaptureQueriesContext
 
 from devices import services
-from devices.services.changes import apply_locked, lock
 from devices.api import reports
 from devices.models import Device, StatusTransition
+from devices.services.changes import apply_locked, lock
 from devices.status import HeartbeatState, Status, compute_status, compute_status_interpreted, with_computed_status
 from fleets.models import Fleet
 from tests.apiutil import send
