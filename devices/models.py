@@ -22,6 +22,14 @@ def effective_poll_interval(device_override: int | None, fleet_interval: int | N
     return max(interval, settings.FLEETSTATUS_MIN_POLL_INTERVAL)
 
 
+def effective_cloudlink(device_override: bool | None, fleet_switch: bool) -> bool:
+    """Whether cloudlink is expected: the device's override, else its fleet's switch.
+
+    devices.status.effective_cloudlink_expression() is the same rule in SQL.
+    """
+    return fleet_switch if device_override is None else device_override
+
+
 def heartbeat_window(interval_seconds: int) -> timedelta:
     return timedelta(seconds=interval_seconds * settings.FLEETSTATUS_HEARTBEAT_TOLERANCE)
 
@@ -56,7 +64,7 @@ class Device(models.Model):
     poll_interval = models.PositiveIntegerField(null=True, blank=True, validators=[MinValueValidator(1)])
     cloudlink_enabled = models.BooleanField(null=True, blank=True)
 
-    # --- Signals of DESIGN.md §2.1 ---
+    # --- Signals the status rule reads (docs/design.md, Statuses) ---
     is_active = models.BooleanField(default=True)
     is_frozen = models.BooleanField(default=False)
     frozen_reason = models.CharField(max_length=200, blank=True, default="")
@@ -93,7 +101,7 @@ class Device(models.Model):
     # When the device last became active; the allowance keeps the oldest activated devices working.
     activated_at = models.DateTimeField(null=True, blank=True)
 
-    # --- The stored overall status (DESIGN.md §2); only devices.services writes it ---
+    # --- The stored overall status (docs/design.md, Statuses); only devices.services writes it ---
     overall_status = models.CharField(max_length=24, choices=Status.choices, default=Status.CONFIGURING)
     status_changed_at = models.DateTimeField(null=True, blank=True)
 
@@ -154,7 +162,7 @@ class Device(models.Model):
 
     @property
     def effective_cloudlink(self) -> bool:
-        return self.fleet.cloudlink_enabled if self.cloudlink_enabled is None else self.cloudlink_enabled
+        return effective_cloudlink(self.cloudlink_enabled, self.fleet.cloudlink_enabled)
 
     @effective_cloudlink.setter
     def effective_cloudlink(self, value: bool) -> None:

@@ -1,4 +1,4 @@
-"""The status rule of DESIGN.md §2.1, defined once.
+"""The status rule (docs/design.md, Statuses), defined once.
 
 `RULES` is the first-match-wins table as data. `compute_status()` evaluates it in Python for one
 device; `status_expression()` compiles the same table into a `Case(When(...))` for the database.
@@ -36,7 +36,7 @@ class HeartbeatState(models.TextChoices):
 
 
 class UpdateStatus(models.TextChoices):
-    # Declared in precedence order: across releases the lowest one wins (issue #3).
+    # Declared in precedence order: across releases the lowest one wins.
     REJECTED = "rejected", "Rejected"
     ABORTED = "aborted", "Aborted"
     DOWNLOADING = "downloading", "Downloading"
@@ -47,7 +47,7 @@ class UpdateStatus(models.TextChoices):
 
 UPDATE_STATUS_PRECEDENCE = [choice.value for choice in UpdateStatus]
 
-# Footnote markers of the two partial states (DESIGN.md §2).
+# Footnote markers of the two partial states (docs/design.md, Statuses).
 FOOTNOTE_MARKERS = {Status.ONLINE_VPN_ONLY: "¹", Status.ONLINE_HEARTBEAT_ONLY: "²"}
 
 POST_PROVISIONING_STATE = "Post-Provisioning"
@@ -187,7 +187,7 @@ class AnyOf(Cond):
         return q
 
 
-# --- The table (DESIGN.md §2.1), first match wins --------------------------------------------
+# --- The table (docs/design.md, Statuses), first match wins ----------------------------------
 
 vpn = Is("is_connected_to_vpn", True)
 no_vpn = Is("is_connected_to_vpn", False)
@@ -256,6 +256,7 @@ def compute_status_interpreted(signals: Mapping[str, Any]) -> Status:
 
 
 def effective_cloudlink_expression() -> Coalesce:
+    """devices.models.effective_cloudlink as a query expression: the device's override, else its fleet's."""
     return Coalesce(F("cloudlink_enabled"), F("fleet__cloudlink_enabled"), output_field=models.BooleanField())
 
 

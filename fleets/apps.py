@@ -22,8 +22,8 @@ def _status_counts_after_migrate(sender, using, **kwargs) -> None:
 
 
 class FleetsConfig(AppConfig):
-    default_auto_field = 'django.db.models.BigAutoField'
-    name = 'fleets'
+    default_auto_field = "django.db.models.BigAutoField"
+    name = "fleets"
 
     def ready(self) -> None:
         post_migrate.connect(_status_counts_after_migrate, sender=self, dispatch_uid="fleets.status_counts")

@@ -9,7 +9,7 @@ so the counts are kept instead:
   INSERT/UPDATE/DELETE triggers with transition tables, one aggregated INSERT per statement (a
   sweep that expires 10,000 devices adds a handful of rows); an UPDATE that changes no status
   adds none. SQLite: row-level triggers. Because they live in the database, every path counts:
-  devices/services.py, the sweep's and tunnel events' bulk UPDATEs, the admin, raw SQL, COPY,
+  devices.services, the sweep's and tunnel events' bulk UPDATEs, the admin, raw SQL, COPY,
   deletion. Writers only insert, so concurrent writers never wait on a shared counter row.
 - fold() moves the deltas into StatusCount (one row per fleet and status). The beat runs it with
   every sweep (devices/tasks.py); it is safe to run twice at once.
@@ -96,9 +96,7 @@ def trigger_names(connection=default_connection) -> list[str]:
 def installed_triggers(connection=default_connection) -> set[str]:
     with connection.cursor() as cur:
         if connection.vendor == "postgresql":
-            cur.execute(
-                "SELECT tgname FROM pg_trigger WHERE tgrelid = to_regclass(%s) AND NOT tgisinternal", [DEVICES]
-            )
+            cur.execute("SELECT tgname FROM pg_trigger WHERE tgrelid = to_regclass(%s) AND NOT tgisinternal", [DEVICES])
         else:
             cur.execute("SELECT name FROM sqlite_master WHERE type = 'trigger' AND tbl_name = %s", [DEVICES])
         return {name for (name,) in cur.fetchall()}
@@ -188,8 +186,8 @@ def fold(connection=default_connection) -> int:
 def rebuild(connection=default_connection) -> int:
     """Recount from the devices; returns the number of devices counted.
 
-    Device writes wait while it runs (SHARE lock on PostgreSQL, the write lock on SQLite): a
-    million devices take well under a second.
+    Device writes wait while it runs (SHARE lock on PostgreSQL, the write lock on SQLite): one
+    GROUP BY over every device.
     """
     with transaction.atomic(using=connection.alias), connection.cursor() as cur:
         _lock(cur, connection)
@@ -269,7 +267,7 @@ def fleet_status_counts(organization_ids: Iterable[int]) -> dict[int, dict[str, 
     if scope is None:
         return counts
     where, params = scope
-    columns = ", ".join(f"sum(CASE WHEN status = %s THEN n ELSE 0 END)" for _ in STATUS_SLUGS)
+    columns = ", ".join("sum(CASE WHEN status = %s THEN n ELSE 0 END)" for _ in STATUS_SLUGS)
     with default_connection.cursor() as cur:
         cur.execute(
             f"""SELECT fleet_id, {columns} FROM (

@@ -25,6 +25,7 @@ from django.test.utils import CaptureQueriesContext
 from devices import services
 from devices.api import reports
 from devices.models import Device, StatusTransition
+from devices.services.changes import apply_locked, lock
 from devices.status import HeartbeatState, Status, compute_status, compute_status_interpreted, with_computed_status
 from fleets.models import Fleet
 from tests.apiutil import send
@@ -137,8 +138,8 @@ def test_set_based_expiry_equals_the_per_row_path_for_every_status_combination(o
 
     b_ids = [b.pk for _, b in pairs]
     Device.objects.filter(pk__in=b_ids).update(heartbeat_deadline=DEADLINE)
-    locked = list(services._locked(Device.objects.filter(pk__in=b_ids)))
-    expected = services._apply_locked(
+    locked = list(lock(Device.objects.filter(pk__in=b_ids)))
+    expected = apply_locked(
         locked, {"api_heartbeat_state": HeartbeatState.OFFLINE}, services.HEARTBEAT_EXPIRED, T0, transition_at_field="heartbeat_deadline"
     )
     assert written == expected > 0

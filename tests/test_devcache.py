@@ -20,6 +20,7 @@ from django.test import Client, RequestFactory, TestCase
 
 from devices import services
 from devices.live import devcache, heartbeats
+from devices.live import redis as live_redis
 from devices.models import Device, StatusTransition
 from devices.status import HeartbeatState, Status
 from fleets.keys import generate_key, hash_key
@@ -86,7 +87,7 @@ class WsgiClient:
 def _own_redis_warning_clock(monkeypatch):
     """The "Redis unavailable" warning is rate-limited per process: these tests must not use up
     another module's warning (tests/test_heartbeats.py looks for it)."""
-    monkeypatch.setattr(heartbeats, "_last_warning", 0.0)
+    monkeypatch.setattr(live_redis, "_last_warning", 0.0)
 
 
 @pytest.fixture(params=["middleware", "wsgi"])

@@ -1,1 +1,1 @@
-"""Live device state in Redis: the heartbeat store and the device cache."""
+"""Live device state in Redis: shared plumbing (redis), the heartbeat store (heartbeats), the device cache (devcache)."""

@@ -1,13 +1,14 @@
 """What a steady-state target-state fetch needs, cached in Redis next to the heartbeat store.
 
 A device that polls on time costs, with this cache, ONE Redis round trip and no database query:
-one Lua script reads the device's cached entry and its fleet's, checks the key hash, and does the
-heartbeat store's fetch (devices/heartbeats.py, `_FETCH`: a member of the online set, before its
-deadline, has its fetch recorded in `seen` and its deadline moved). Everything else (no entry, an
-entry that does not match the key, a device not in the online set or late) answers "not here",
-and the caller takes the database path of devices/api.py, which fills the entry afterwards.
+one Lua script reads the device's cached entry and its fleet's, checks the key hash, and counts
+the fetch exactly as the heartbeat store does (devices.live.heartbeats, COUNT_FETCH_LUA: a member
+of the online set, before its deadline, has its fetch recorded in `seen` and its deadline moved).
+Everything else (no entry, an entry that does not match the key, a device not in the online set
+or late) answers "not here", and the caller takes the database path of devices/api/views.py,
+which fills the entry afterwards.
 
-Keys (Redis, the database of REDIS_URL):
+Keys (Redis, the database of REDIS_URL; names in devices.live.redis):
 
 - `fs:dc:d:<uuid>` string, with a TTL (FLEETSTATUS_DEVICE_CACHE_TTL, ±10 %): tab-separated
   `id, api_key_hash, fleet_id, poll_interval override or "", cloudlink override "1"/"0"/"", frozen
@@ -17,7 +18,7 @@ Keys (Redis, the database of REDIS_URL):
 - `fs:dc:gen` hash: generation counters, `d:<first 3 hex digits of the uuid>` per bucket of
   devices and `f` for all fleets.
 
-Invalidation (devices/services.py calls forget_devices()/forget_fleets() wherever a cached field
+Invalidation (devices.services calls forget_devices()/forget_fleets() wherever a cached field
 changes, and a post_delete signal does on deletion) bumps the generation and deletes the entry,
 both at once, immediately and again after the transaction commits. The fill is the race guard:
 its caller reads the generations BEFORE reading the database (the fetch script returns them with
@@ -36,31 +37,26 @@ from dataclasses import dataclass
 from datetime import datetime
 from functools import lru_cache
 
+import redis
 from django.conf import settings
-from django.db import transaction
+from django.db import connection, transaction
 from redis.exceptions import RedisError
 
-from devices.models import Device
-
-
-class _Heartbeats:
-    """devices.heartbeats, imported on first use: it imports devices.services, which imports this."""
-
-    def __getattr__(self, name: str):
-        from devices.live import heartbeats as module
-
-        globals()["heartbeats"] = module
-        return getattr(module, name)
-
-
-heartbeats = _Heartbeats()
+from devices.live.heartbeats import COUNT_FETCH_LUA
+from devices.live.redis import (
+    DEVICE_PREFIX,
+    FLEET_GEN,
+    FLEETS,
+    GENS,
+    ONLINE,
+    SEEN,
+    client_for,
+    to_us,
+    warn_unavailable,
+)
+from devices.models import Device, effective_cloudlink, effective_poll_interval
 
 logger = logging.getLogger(__name__)
-
-DEVICE_PREFIX = "fs:dc:d:"
-FLEETS = "fs:dc:fleets"
-GENS = "fs:dc:gen"
-FLEET_GEN = "f"
 
 # The device and fleet fields an entry is made of: a change of any of them must invalidate.
 DEVICE_FIELDS = frozenset(
@@ -95,8 +91,11 @@ FILL_BATCH = 1000
 
 # KEYS: device entry, fleets, gens, seen, online. ARGV: key hash, fetch time (us), default interval,
 # interval floor, window in us per second of interval, generation field, fleet entry max age (us).
-# The heartbeat part is heartbeats._FETCH's "counted" branch; anything else is left to it.
-_LOOKUP_AND_FETCH = """
+# The interval is devices.models.effective_poll_interval over the two cached halves: they are kept
+# apart so that a fleet edit invalidates one hash field, not every entry of its devices.
+_LOOKUP_AND_FETCH = (
+    COUNT_FETCH_LUA
+    + """
 local entry = redis.call('GET', KEYS[1])
 if entry then
   local id, hash, fid, poll, frozen = string.match(entry, '^(%d+)\\t(%x+)\\t(%d+)\\t(%d*)\\t[01]?\\t([01])\\t')
@@ -112,13 +111,8 @@ if entry then
         if (not interval) or interval == 0 then interval = tonumber(finterval) end
         if (not interval) or interval == 0 then interval = tonumber(ARGV[3]) end
         if interval < tonumber(ARGV[4]) then interval = tonumber(ARGV[4]) end
-        local deadline = redis.call('ZSCORE', KEYS[5], id)
-        if (not deadline) or at >= tonumber(deadline) then return {2} end
-        local prev = redis.call('HGET', KEYS[4], id)
-        if (not prev) or at > tonumber(prev) then
-          redis.call('HSET', KEYS[4], id, ARGV[2])
-          redis.call('ZADD', KEYS[5], string.format('%.0f', at + interval * tonumber(ARGV[5])), id)
-        end
+        local deadline = string.format('%.0f', at + interval * tonumber(ARGV[5]))
+        if count_fetch(KEYS[4], KEYS[5], id, ARGV[2], deadline) ~= 1 then return {2} end
         return {1, entry, fleet}
       end
     end
@@ -127,6 +121,7 @@ end
 local g = redis.call('HMGET', KEYS[3], ARGV[6], 'f')
 return {0, g[1] or '0', g[2] or '0'}
 """
+)
 
 # KEYS: gens, fleets. ARGV: fleet generation, ttl seconds, then groups of 6: device key,
 # generation field, device generation, entry, fleet id, fleet value. Writes an entry only if its
@@ -165,6 +160,14 @@ class Lookup:
     fleet_cloudlink: bool = True
     generations: Generations | None = None
 
+    @property
+    def effective_poll_interval(self) -> int:
+        return effective_poll_interval(self.poll_interval, self.fleet_poll_interval)
+
+    @property
+    def effective_cloudlink(self) -> bool:
+        return effective_cloudlink(self.cloudlink, self.fleet_cloudlink)
+
 
 def device_key(uuid: str) -> str:
     return DEVICE_PREFIX + uuid
@@ -183,7 +186,7 @@ def enabled() -> bool:
 
 
 class _Scripts:
-    def __init__(self, client) -> None:
+    def __init__(self, client: redis.Redis) -> None:
         self.client = client
         self.lookup = client.register_script(_LOOKUP_AND_FETCH)
         self.fill = client.register_script(_FILL)
@@ -191,7 +194,7 @@ class _Scripts:
 
 @lru_cache(maxsize=8)
 def _scripts_for(url: str) -> _Scripts:
-    return _Scripts(heartbeats._store_for(url).client)
+    return _Scripts(client_for(url))
 
 
 def _scripts() -> _Scripts:
@@ -214,10 +217,10 @@ def lookup_and_fetch(uuid: str, key_hash: str, at: datetime) -> Lookup:
     """
     scripts = _scripts()
     raw = scripts.lookup(
-        keys=[device_key(uuid), FLEETS, GENS, heartbeats.SEEN, heartbeats.ONLINE],
+        keys=[device_key(uuid), FLEETS, GENS, SEEN, ONLINE],
         args=[
             key_hash,
-            heartbeats.to_us(at),
+            to_us(at),
             settings.FLEETSTATUS_DEFAULT_POLL_INTERVAL,
             settings.FLEETSTATUS_MIN_POLL_INTERVAL,
             _window_factor(),
@@ -300,11 +303,11 @@ def fill(device: Device, generations: Generations | None, now: datetime) -> bool
             args=[
                 generations.fleet,
                 _jittered_ttl(),
-                *_fill_args(device, generations, heartbeats.to_us(now), generation_field(device.uuid)),
+                *_fill_args(device, generations, to_us(now), generation_field(device.uuid)),
             ],
         )
     except RedisError as exc:
-        heartbeats._warn_unavailable(exc)
+        warn_unavailable(exc)
         return False
     return bool(written)
 
@@ -320,7 +323,7 @@ def prime(queryset, now: datetime, *, batch_size: int = FILL_BATCH) -> int:
     scripts = _scripts()
     gens = {k.decode(): v.decode() for k, v in scripts.client.hgetall(GENS).items()}
     fleet_gen = gens.get(FLEET_GEN, "0")
-    filled_us = heartbeats.to_us(now)
+    filled_us = to_us(now)
     rows = (
         queryset.filter(is_active=True)
         .order_by()
@@ -398,8 +401,6 @@ def _invalidate_logged(uuids: Sequence[str], fleet_ids: Sequence[int]) -> None:
 def _forget(uuids: Sequence[str], fleet_ids: Sequence[int]) -> None:
     if not enabled() or not (uuids or fleet_ids):
         return
-    from django.db import connection
-
     if connection.in_atomic_block:
         # Now (so this transaction's own later reads are not answered from the cache) and again
         # after commit (a fill that read the old row meanwhile is deleted or refused).

@@ -2,10 +2,10 @@
 
 The device API calls `record_fetch()` for every counted fetch.
 
-Without Redis (no REDIS_URL) a fetch is services.record_heartbeat: one conditional UPDATE for a
-device whose heartbeat is online, a locked change with its transition otherwise.
+Without Redis (no REDIS_URL) a fetch is the database side's record_heartbeat: one conditional
+UPDATE for a device whose heartbeat is online, a locked change with its transition otherwise.
 
-With Redis, a steady-state fetch writes nothing to the database (DESIGN.md §5, the way
+With Redis, a steady-state fetch writes nothing to the database (docs/design.md, Staleness; the way
 open-balena-api keeps heartbeats in Redis). Three keys, all integers in microseconds since the epoch:
 
 - `fs:hb:online` sorted set: device id -> heartbeat deadline, for devices whose heartbeat is online
@@ -22,75 +22,114 @@ A fetch is one Lua script: member and before the deadline -> record it in `seen`
 deadline; done, zero queries beyond the device read the API already made. Otherwise (not a member,
 or late: the deadline passed and the sweep has not caught up) the database decides, under the row
 lock, and the device joins the set after commit.
+
+This module never imports devices.services: the database side (HeartbeatDatabase) is bound once
+by DevicesConfig.ready() with use_database().
 """
 
 from __future__ import annotations
 
 import logging
-import time
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from dataclasses import field as dc_field
+from datetime import datetime
 from functools import lru_cache
+from typing import Protocol
 
 import redis
-from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 from redis.exceptions import RedisError, ResponseError
 
-from devices import services
+from devices.live.redis import EPOCH, ONLINE, PENDING, SEEN, client, from_us, to_us, warn_unavailable
 from devices.models import Device, heartbeat_window
 
 logger = logging.getLogger(__name__)
 
-SEEN = "fs:hb:seen"
-ONLINE = "fs:hb:online"
-EPOCH = "fs:hb:epoch"
-PENDING = "pending:"
-
-_EPOCH_START = datetime(1970, 1, 1, tzinfo=UTC)
-_MICROSECOND = timedelta(microseconds=1)
-
-# Seconds a web process waits for Redis before taking the database path: a dead Redis must cost
-# a fetch little more than the database write it then makes.
-CONNECT_TIMEOUT = 0.5
-SOCKET_TIMEOUT = 1.0
-# At most one "Redis unavailable" warning per process in this many seconds (fetches are many).
-WARN_EVERY = 30.0
+# Device rows per write-back transaction.
+WRITE_BACK_BATCH = 1000
 
 
 class StoreReset(Exception):
     """The store lost its data (Redis restarted empty) while the sweep was relying on it."""
 
 
-def to_us(moment: datetime) -> int:
-    # Integer arithmetic: a float timestamp would not round-trip to the microsecond.
-    return (moment - _EPOCH_START) // _MICROSECOND
+@dataclass
+class WriteBack:
+    """What the database side did with a batch of fetch times (HeartbeatDatabase.write_back_heartbeats)."""
+
+    updated: int = 0
+    # Ids whose heartbeat is online in the database.
+    online: set[int] = dc_field(default_factory=set)
+    # Ids another transaction holds right now: left alone, for the next run.
+    busy: set[int] = dc_field(default_factory=set)
 
 
-def from_us(value: int | str | bytes) -> datetime:
-    return _EPOCH_START + timedelta(microseconds=int(value))
+class HeartbeatDatabase(Protocol):
+    """The database side of heartbeats (devices.services implements it)."""
 
+    def record_heartbeat(
+        self,
+        device: Device,
+        *,
+        at: datetime | None = None,
+        detect_gap: bool = True,
+        unflushed_fetch: datetime | None = None,
+    ) -> Device: ...
+
+    def write_back_heartbeats(self, fetches: Mapping[int, datetime]) -> WriteBack: ...
+
+    def extend_heartbeat_deadlines(self, at: datetime) -> int: ...
+
+
+_database: HeartbeatDatabase | None = None
+
+
+def use_database(database: HeartbeatDatabase) -> None:
+    """Bind the database side (DevicesConfig.ready() passes devices.services)."""
+    global _database
+    _database = database
+
+
+def database() -> HeartbeatDatabase:
+    if _database is None:
+        raise RuntimeError("the heartbeat store has no database side: is the devices app installed and ready?")
+    return _database
+
+
+# A Lua function that both fetch scripts define (this store's and the device cache's), so a counted
+# fetch is decided in one place. Returns the outcome and the previous unflushed fetch (or false):
+# 1 = counted (recorded in `seen`, forward only, and the deadline moved), 0 = not a member, 2 = late
+# (at or after the known deadline: the database must decide whether it was a gap).
+COUNT_FETCH_LUA = """
+local function count_fetch(seen, online, id, at_us, new_deadline_us)
+  local prev = redis.call('HGET', seen, id)
+  local deadline = redis.call('ZSCORE', online, id)
+  if not deadline then return 0, prev end
+  local at = tonumber(at_us)
+  if at >= tonumber(deadline) then return 2, prev end
+  if (not prev) or at > tonumber(prev) then
+    redis.call('HSET', seen, id, at_us)
+    redis.call('ZADD', online, new_deadline_us, id)
+  end
+  return 1, prev
+end
+"""
 
 # KEYS: seen, online, epoch. ARGV: device id, fetch time, deadline it gives. Returns
-# {outcome, previous unflushed fetch or "", trusted}: outcome 1 = counted here, 0 = not a member,
-# 2 = late (at or after the known deadline: the database must decide whether it was a gap).
-_FETCH = """
-local prev = redis.call('HGET', KEYS[1], ARGV[1])
+# {outcome of count_fetch, previous unflushed fetch or "", trusted}.
+_FETCH = (
+    COUNT_FETCH_LUA
+    + """
 local marker = redis.call('GET', KEYS[3])
 local trusted = 0
 if marker and string.sub(marker, 1, 8) ~= 'pending:' then trusted = 1 end
-local deadline = redis.call('ZSCORE', KEYS[2], ARGV[1])
-if not deadline then return {0, prev or '', trusted} end
-local at = tonumber(ARGV[2])
-if at >= tonumber(deadline) then return {2, prev or '', trusted} end
-if (not prev) or at > tonumber(prev) then
-  redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
-  redis.call('ZADD', KEYS[2], ARGV[3], ARGV[1])
-end
-return {1, prev or '', trusted}
+local outcome, prev = count_fetch(KEYS[1], KEYS[2], ARGV[1], ARGV[2], ARGV[3])
+return {outcome, prev or '', trusted}
 """
+)
 
 # KEYS: seen, online, epoch. ARGV: token, then the ids of a locked batch of due rows. Returns the
 # ids that may expire (no fetch pending in `seen`) and removes them from `online` in the same
@@ -190,7 +229,7 @@ class HeartbeatStore:
             if not marker.startswith(PENDING.encode()):
                 return marker.decode(), None  # another sweep finished recovering meanwhile
         pending = marker.decode()
-        moved = services.extend_heartbeat_deadlines(now)
+        moved = database().extend_heartbeat_deadlines(now)
         token = pending.removeprefix(PENDING)
         self._promote(keys=[EPOCH], args=[pending, token])
         if self.client.get(EPOCH) != token.encode():
@@ -203,7 +242,7 @@ class HeartbeatStore:
         )
         return token, moved
 
-    def write_back(self, batch_size: int = services.BATCH_SIZE) -> int:
+    def write_back(self, batch_size: int = WRITE_BACK_BATCH) -> int:
         """Fold `seen` into the database in batches; returns rows updated.
 
         HSCAN returns every entry present for the whole scan at least once; one that arrives
@@ -229,7 +268,7 @@ class HeartbeatStore:
                 logger.warning("dropping malformed heartbeat store entry %r=%r", raw_id, raw_at)
         # Commits before returning: an entry is deleted only once the database has it, so a
         # crash in between only means writing it again next time.
-        result = services.write_back_heartbeats(fetches)
+        result = database().write_back_heartbeats(fetches)
         settled = [(raw_id, raw_at) for raw_id, raw_at in items if _parse_id(raw_id) not in result.busy]
         # An entry for a device whose heartbeat is not online in the database means the set
         # claimed too much (a database restored under a live Redis, a heartbeat changed by
@@ -271,29 +310,20 @@ def _parse_id(raw: bytes) -> int | None:
         return None
 
 
-@lru_cache(maxsize=8)
-def _store_for(url: str) -> HeartbeatStore:
-    # One pool per process and URL; redis-py resets it in a forked child (Celery prefork workers).
-    client = redis.Redis.from_url(
-        url, socket_connect_timeout=CONNECT_TIMEOUT, socket_timeout=SOCKET_TIMEOUT, health_check_interval=30
-    )
-    return HeartbeatStore(client)
+# The old private name of devices.live.redis.warn_unavailable, still called by devices/api/fastpath.py.
+_warn_unavailable = warn_unavailable
 
 
 def store() -> HeartbeatStore | None:
     """The live heartbeat store, or None when the database holds heartbeats (no REDIS_URL)."""
-    return _store_for(settings.REDIS_URL) if settings.REDIS_URL else None
+    redis_client = client()
+    return None if redis_client is None else _store_for(redis_client)
 
 
-_last_warning = 0.0
-
-
-def _warn_unavailable(exc: Exception) -> None:
-    global _last_warning
-    now = time.monotonic()
-    if now - _last_warning >= WARN_EVERY:
-        _last_warning = now
-        logger.warning("heartbeat store unavailable, fetches take the database path: %s", exc)
+@lru_cache(maxsize=8)
+def _store_for(redis_client: redis.Redis) -> HeartbeatStore:
+    # One store (and one registration of its scripts) per client, that is per process and URL.
+    return HeartbeatStore(redis_client)
 
 
 def record_fetch(device: Device, *, at: datetime | None = None, store_failed: bool = False) -> Device:
@@ -301,28 +331,28 @@ def record_fetch(device: Device, *, at: datetime | None = None, store_failed: bo
 
     Never raises because of Redis: when it is unreachable the fetch takes the database path
     (and a warning is logged). store_failed: the caller's own Redis call for this request just
-    failed (devices/fastpath.py), so this does not wait for Redis a second time.
+    failed (devices/api/fastpath.py), so this does not wait for Redis a second time.
     """
     at = at or timezone.now()
     hb = store()
     if hb is None:
-        return services.record_heartbeat(device, at=at)
+        return database().record_heartbeat(device, at=at)
     window = heartbeat_window(device.effective_poll_interval)
     try:
         if store_failed:
             raise RedisError("the store failed earlier in this request")
         outcome = hb.fetch(device.pk, at, at + window)
     except RedisError as exc:
-        _warn_unavailable(exc)
+        warn_unavailable(exc)
         # Fetches Redis held for write-back are out of reach: a deadline that looks passed may
         # not be, so no gap is recorded from what the database alone says.
-        return services.record_heartbeat(device, at=at, detect_gap=False)
+        return database().record_heartbeat(device, at=at, detect_gap=False)
     if outcome.counted and device.is_active:
         device.last_api_heartbeat_at = at
         device.last_seen_at = at
         device.heartbeat_deadline = at + window
         return device
-    device = services.record_heartbeat(device, at=at, detect_gap=outcome.trusted, unflushed_fetch=outcome.unflushed)
+    device = database().record_heartbeat(device, at=at, detect_gap=outcome.trusted, unflushed_fetch=outcome.unflushed)
     device_id, deadline = device.pk, device.heartbeat_deadline
 
     def join() -> None:
@@ -332,7 +362,7 @@ def record_fetch(device: Device, *, at: datetime | None = None, store_failed: bo
         try:
             hb.mark_online(device_id, deadline)
         except RedisError as exc:
-            _warn_unavailable(exc)
+            warn_unavailable(exc)
 
     transaction.on_commit(join)
     return device
