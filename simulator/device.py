@@ -5,14 +5,12 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from simulator.bodies import Profile, parse_poll_interval, state_body
+from simulator.host import Host
 from simulator.scenarios import SCRIPTS, Poll, Report, Sleep, Tunnel
 from simulator.state import SimDevice
-
-if TYPE_CHECKING:
-    from simulator.runner import Simulator
 
 UNKNOWN_INTERVAL = 10.0  # seconds a device waits between steps before any fetch told it the real interval
 POLL_JITTER = 0.1
@@ -21,7 +19,7 @@ POLL_JITTER = 0.1
 class Agent:
     """One virtual device at run time: its identity, script and poll loop."""
 
-    def __init__(self, sim: Simulator, device: SimDevice, index: int, scenario: str, profile: Profile) -> None:
+    def __init__(self, sim: Host, device: SimDevice, index: int, scenario: str, profile: Profile) -> None:
         self.sim = sim
         self.device = device
         self.index = index

@@ -4,19 +4,16 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
 
 from simulator.bodies import vpn_bodies
+from simulator.host import Host
 from simulator.options import snippet
-
-if TYPE_CHECKING:
-    from simulator.runner import Simulator
 
 
 class TunnelServer:
     """One simulated VPN server: collects connect/disconnect events and sends them in batches."""
 
-    def __init__(self, sim: Simulator, service_id: int) -> None:
+    def __init__(self, sim: Host, service_id: int) -> None:
         self.sim = sim
         self.service_id = service_id
         self.pending: dict[str, bool] = {}  # last event per device since the previous batch
