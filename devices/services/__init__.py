@@ -25,7 +25,7 @@ from django.db.models.expressions import RawSQL
 from django.db.models.functions import Coalesce, Greatest
 from django.utils import timezone
 
-from devices.api import reports
+from devices.api import parsing as reports
 from devices.live import devcache
 from devices.models import UUID_REGEX, Device, StatusTransition, effective_poll_interval, heartbeat_window
 from devices.status import SIGNALS, HeartbeatState, Status, annotate_signals, compute_status, with_computed_status
