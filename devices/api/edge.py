@@ -63,7 +63,7 @@ def target_state_uuid(path: str) -> str | None:
     if not (path.startswith(_STATE_HEAD) and path.endswith(_STATE_TAIL)):
         return None
     uuid = path[len(_STATE_HEAD) : -len(_STATE_TAIL)]
-    return uuid if parsing.UUID_RE.match(uuid) else None
+    return uuid if parsing.UUID_RE.fullmatch(uuid) else None
 
 
 # --- GET /device/v3/<uuid>/state: answered from the device cache ------------------------------
