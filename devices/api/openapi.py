@@ -1,8 +1,8 @@
 """OpenAPI 3 description of the device-facing API, served at /device/openapi.json.
 
-The document is the contract the fuzz tests (tests/reliability/test_fuzz_device_api.py) generate requests from,
-so its constraints mirror what the handlers accept: a request the document calls valid should be
-accepted, anything else must be a JSON 4xx that changes nothing.
+The document is the contract the fuzz tests (tests/reliability/test_fuzz_device_api.py) generate
+requests from, so its constraints mirror what the handlers accept: a request the document calls
+valid should be accepted, anything else must be a JSON 4xx that changes nothing.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from devices.status import UPDATE_STATUS_PRECEDENCE
 
 API_VERSION = "1.0.0"
 
-# Limits come from the validators the handlers use (devices/parsing.py) and the model's columns,
+# Limits come from the validators the handlers use (devices/api/parsing.py) and the model's columns,
 # so the document cannot drift from what the API accepts.
 NO_NUL = "^[^\\x00]*$"
 

@@ -98,10 +98,10 @@ def register(request: HttpRequest) -> HttpResponse:
 def target_state(request: HttpRequest, uuid: str) -> HttpResponse:
     key = bearer_key(request)
     parsing.device_uuid(uuid, "uuid")
-    # A steady-state fetch never gets here: the edge (devices/api/edge.py) answers it from the
-    # device cache. This is the database path: a cache miss, a heartbeat that is not online in
-    # Redis or late, no Redis. The one query when the heartbeat is on time: the device with its
-    # fleet (for interval and cloudlink).
+    # A steady-state fetch through the WSGI entry point never gets here: the edge
+    # (devices/api/edge.py) answers it from the device cache. This is the database path: a cache
+    # miss, a heartbeat that is not online in Redis or late, no Redis. The one query when the
+    # heartbeat is on time: the device with its fleet (for interval and cloudlink).
     try:
         device = Device.objects.select_related("fleet").get(uuid=uuid)
     except Device.DoesNotExist:
