@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 
-from django.http import HttpRequest, HttpResponse, HttpResponseBadRequest, JsonResponse
+from django.db import InterfaceError, OperationalError
+from django.http import HttpRequest, HttpResponse, HttpResponseBadRequest
+
+from devices.api.errors import error
+from devices.api.paths import is_api_path
 
 NUL_MESSAGE = "Query parameters cannot contain NUL characters."
 ADMIN_PREFIX = "/admin/"
@@ -49,15 +54,11 @@ class DatabaseUnavailableMiddleware:
         return self.get_response(request)
 
     def process_exception(self, request: HttpRequest, exception: Exception) -> HttpResponse | None:
-        from django.db import InterfaceError, OperationalError
-
         if not isinstance(exception, OperationalError | InterfaceError):
             return None
-        import logging
-
         logging.getLogger("django.request").error("database unavailable: %s", exception)
-        if request.path.startswith(("/device/", "/services/")):
-            response: HttpResponse = JsonResponse({"error": DB_UNAVAILABLE}, status=503)
+        if is_api_path(request.path):
+            response: HttpResponse = error(503, DB_UNAVAILABLE)
         else:
             response = HttpResponse(DB_UNAVAILABLE, status=503, content_type="text/plain")
         response["Retry-After"] = str(RETRY_AFTER_SECONDS)

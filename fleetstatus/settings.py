@@ -61,15 +61,13 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
-    # Response-header middleware first, then the device fetch fast path: a steady-state
-    # GET /device/v3/<uuid>/state is answered there (one Redis script, no database) with the same
-    # security headers, before sessions, auth, CSRF, messages, axes (devices/fastpath.py).
+    # Response-header middleware first: the device API's edge (devices/api/edge.py) gives its answers
+    # the headers of those listed before its report dispatch, which sends PATCH /device/v3/state
+    # straight to its view, before sessions, auth, CSRF, messages, axes.
     "django.middleware.security.SecurityMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "csp.middleware.CSPMiddleware",
-    "devices.api.fastpath.TargetStateFastPathMiddleware",
-    # PATCH /device/v3/state goes straight to its view from here (devices/reportpath.py).
-    "devices.api.reportpath.StateReportDispatchMiddleware",
+    "devices.api.edge.StateReportDispatchMiddleware",
     "fleetstatus.middleware.RejectNulInQueryMiddleware",
     "fleetstatus.middleware.DatabaseUnavailableMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",

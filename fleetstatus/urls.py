@@ -1,12 +1,13 @@
 from django.contrib import admin
 from django.contrib.auth import views as auth_views
-from django.http import HttpResponse, JsonResponse
+from django.http import HttpResponse
 from django.templatetags.static import static
 from django.urls import include, path
 from django.views import defaults
 from django.views.generic import RedirectView
 
-from devices.api.openapi import openapi_json
+from devices.api.errors import error
+from devices.api.paths import is_api_path
 
 
 def healthz(request):
@@ -15,18 +16,15 @@ def healthz(request):
 
 # Device agents and the tunnel server parse JSON: an unknown path or a request Django refuses
 # before any view (e.g. a UUID segment containing "/") must not answer them with an HTML page.
-API_PREFIXES = ("/device/", "/services/")
-
-
 def not_found(request, exception=None):
-    if request.path.startswith(API_PREFIXES):
-        return JsonResponse({"error": f"No such endpoint: {request.method} {request.path[:200]}"}, status=404)
+    if is_api_path(request.path):
+        return error(404, f"No such endpoint: {request.method} {request.path[:200]}")
     return defaults.page_not_found(request, exception)
 
 
 def bad_request(request, exception=None):
-    if request.path.startswith(API_PREFIXES):
-        return JsonResponse({"error": "Bad request."}, status=400)
+    if is_api_path(request.path):
+        return error(400, "Bad request.")
     return defaults.bad_request(request, exception)
 
 
@@ -44,7 +42,7 @@ urlpatterns = [
     path("admin/", admin.site.urls),
     path("devices/", include("devices.urls")),
     path("fleets/", include("fleets.urls")),
-    path("device/openapi.json", openapi_json, name="device-openapi"),
-    # The device-facing API (balena-compatible paths: /device/..., /services/vpn/...).
+    # The device-facing API (balena-compatible paths: /device/..., /services/vpn/...) and its OpenAPI
+    # document. At the root: the edge dispatch (devices/api/edge.py) matches these paths as they are.
     path("", include("devices.api.urls")),
 ]

@@ -6,7 +6,10 @@ import json
 import secrets
 from typing import Any
 
-from django.test import Client
+from django.core.signals import request_finished, request_started
+from django.db import close_old_connections
+from django.http.response import ResponseHeaders
+from django.test import Client, RequestFactory
 from django.utils import timezone
 
 from devices.models import Device, StatusTransition
@@ -65,3 +68,51 @@ def bulk_devices(fleet: Fleet, count: int, **signals: Any) -> list[Device]:
         d.overall_status = d.compute_status()
         devices.append(d)
     return Device.objects.bulk_create(devices, batch_size=500)
+
+
+class WsgiResponse:
+    def __init__(self, status: str, headers: list[tuple[str, str]], body: bytes) -> None:
+        self.status_code = int(status.split()[0])
+        self.headers = ResponseHeaders(dict(headers))
+        self.content = body
+
+    def __getitem__(self, name: str) -> str:
+        return self.headers[name]
+
+    def json(self):
+        return json.loads(self.content)
+
+
+class WsgiClient:
+    """Requests through fleetstatus.wsgi.application, the production entry point (the edge, devices/api/edge.py)."""
+
+    def __init__(self, secure: bool = False, **defaults) -> None:
+        self.factory = RequestFactory(**defaults)
+        self.secure = secure
+
+    def __getattr__(self, method: str):
+        from fleetstatus.wsgi import application
+
+        def call(path, *args, **kwargs):
+            environ = getattr(self.factory, method)(path, *args, secure=self.secure, **kwargs).environ
+            got = {}
+
+            def start_response(status, headers, exc_info=None):
+                got["status"], got["headers"] = status, headers
+
+            # As Django's test client does: the request must not close the test's connection.
+            request_started.disconnect(close_old_connections)
+            request_finished.disconnect(close_old_connections)
+            try:
+                result = application(environ, start_response)
+                try:
+                    body = b"".join(result)
+                finally:
+                    if hasattr(result, "close"):
+                        result.close()
+            finally:
+                request_started.connect(close_old_connections)
+                request_finished.connect(close_old_connections)
+            return WsgiResponse(got["status"], got["headers"], body)
+
+        return call

@@ -12,8 +12,8 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
 from devices import services
+from devices.api.parsing import MAX_TUNNEL_UUIDS
 from devices.models import Device, StatusTransition
-from devices.api.reports import MAX_TUNNEL_UUIDS
 from devices.status import HeartbeatState, Status
 from tests.apiutil import bulk_devices, send, service_key, snapshot
 

@@ -23,7 +23,7 @@ from django.db.models import F
 from django.test.utils import CaptureQueriesContext
 
 from devices import services
-from devices.api import reports
+from devices.api import parsing as reports
 from devices.models import Device, StatusTransition
 from devices.services.changes import apply_locked, lock
 from devices.status import HeartbeatState, Status, compute_status, compute_status_interpreted, with_computed_status

@@ -1,4 +1,4 @@
-"""The device cache and the fetch fast path (devices/devcache.py, devices/fastpath.py; issue 8 P4).
+"""The device cache and the fetch fast path (devices/live/devcache.py, devices/api/edge.py).
 
 A steady-state fetch is answered from Redis with no database query; every other case goes to the
 view's database path. The fast path must answer exactly what the database path answers, and every
@@ -7,16 +7,12 @@ change of a cached field must make the next fetch answer with the new value.
 
 from __future__ import annotations
 
-import json
 import logging
 from datetime import UTC, datetime, timedelta
 
 import pytest
 import time_machine
-from django.core.signals import request_finished, request_started
-from django.db import close_old_connections
-from django.http.response import ResponseHeaders
-from django.test import Client, RequestFactory, TestCase
+from django.test import TestCase
 
 from devices import services
 from devices.live import devcache, heartbeats
@@ -25,7 +21,7 @@ from devices.models import Device, StatusTransition
 from devices.status import HeartbeatState, Status
 from fleets.keys import generate_key, hash_key
 from fleets.models import Tier
-from tests.apiutil import send
+from tests.apiutil import WsgiClient, send
 from tests.hbutil import closed_port_url
 
 T0 = datetime(2027, 3, 1, 12, 0, tzinfo=UTC)
@@ -35,54 +31,6 @@ pytestmark = [pytest.mark.django_db, pytest.mark.redis]
 VOLATILE = {"Date"}
 
 
-class WsgiResponse:
-    def __init__(self, status: str, headers: list[tuple[str, str]], body: bytes) -> None:
-        self.status_code = int(status.split()[0])
-        self.headers = ResponseHeaders(dict(headers))
-        self.content = body
-
-    def __getitem__(self, name: str) -> str:
-        return self.headers[name]
-
-    def json(self):
-        return json.loads(self.content)
-
-
-class WsgiClient:
-    """Requests through fleetstatus.wsgi.application, the production entry point (FastPathWSGI)."""
-
-    def __init__(self, secure: bool = False, **defaults) -> None:
-        self.factory = RequestFactory(**defaults)
-        self.secure = secure
-
-    def __getattr__(self, method: str):
-        from fleetstatus.wsgi import application
-
-        def call(path, *args, **kwargs):
-            environ = getattr(self.factory, method)(path, *args, secure=self.secure, **kwargs).environ
-            got = {}
-
-            def start_response(status, headers, exc_info=None):
-                got["status"], got["headers"] = status, headers
-
-            # As Django's test client does: the request must not close the test's connection.
-            request_started.disconnect(close_old_connections)
-            request_finished.disconnect(close_old_connections)
-            try:
-                result = application(environ, start_response)
-                try:
-                    body = b"".join(result)
-                finally:
-                    if hasattr(result, "close"):
-                        result.close()
-            finally:
-                request_started.connect(close_old_connections)
-                request_finished.connect(close_old_connections)
-            return WsgiResponse(got["status"], got["headers"], body)
-
-        return call
-
-
 @pytest.fixture(autouse=True)
 def _own_redis_warning_clock(monkeypatch):
     """The "Redis unavailable" warning is rate-limited per process: these tests must not use up
@@ -90,10 +38,10 @@ def _own_redis_warning_clock(monkeypatch):
     monkeypatch.setattr(live_redis, "_last_warning", 0.0)
 
 
-@pytest.fixture(params=["middleware", "wsgi"])
-def client(request):
-    """Every test runs through the test client (the middleware) and through the WSGI entry point."""
-    return Client() if request.param == "middleware" else WsgiClient()
+@pytest.fixture
+def client():
+    """Every test runs through the WSGI entry point, where the edge answers from the cache."""
+    return WsgiClient()
 
 
 def url(uuid: str) -> str:

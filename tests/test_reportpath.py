@@ -1,4 +1,4 @@
-"""PATCH /device/v3/state is dispatched before the pages' middleware (devices/reportpath.py)."""
+"""PATCH /device/v3/state is dispatched before the pages' middleware (devices/api/edge.py)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The device API's body parsers (devices/reports.py): pure functions, no database."""
+"""The device API's request parsing (devices/api/parsing.py): pure functions, no database."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import itertools
 
 import pytest
 
-from devices.api.reports import (
+from devices.api.parsing import (
     MAX_TUNNEL_UUIDS,
     BadRequest,
     parse_json,

@@ -1,8 +1,8 @@
-"""OpenAPI 3 description of the device-facing API (DESIGN.md §3, issue #3), served at /device/openapi.json.
+"""OpenAPI 3 description of the device-facing API, served at /device/openapi.json.
 
-The document is the contract the fuzz tests (tests/test_fuzz_device_api.py) generate requests from,
-so its constraints mirror what the handlers accept: a request the document calls valid should be
-accepted, anything else must be a JSON 4xx that changes nothing.
+The document is the contract the fuzz tests (tests/reliability/test_fuzz_device_api.py) generate
+requests from, so its constraints mirror what the handlers accept: a request the document calls
+valid should be accepted, anything else must be a JSON 4xx that changes nothing.
 """
 
 from __future__ import annotations
@@ -12,19 +12,23 @@ from typing import Any
 from django.http import HttpRequest, JsonResponse
 from django.views.decorators.http import require_GET
 
-from devices.api import reports
+from devices.api import parsing
+from devices.api.paths import REGISTER, STATE_REPORT, TARGET_STATE, VPN_CONNECT, VPN_DISCONNECT, openapi_path
 from devices.models import UUID_REGEX, Device
 from devices.status import UPDATE_STATUS_PRECEDENCE
 
 API_VERSION = "1.0.0"
 
-# Limits come from the validators the handlers use (devices/reports.py) and the model's columns,
+# Limits come from the validators the handlers use (devices/api/parsing.py) and the model's columns,
 # so the document cannot drift from what the API accepts.
 NO_NUL = "^[^\\x00]*$"
 
 
 def _error_response(description: str) -> dict[str, Any]:
-    return {"description": description, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
+    return {
+        "description": description,
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
+    }
 
 
 def _string(max_length: int, description: str = "") -> dict[str, Any]:
@@ -40,7 +44,7 @@ def _column(name: str, description: str = "") -> dict[str, Any]:
 
 
 def _integer(name: str, description: str) -> dict[str, Any]:
-    minimum, maximum = reports.REPORT_INT_FIELDS[name]
+    minimum, maximum = parsing.REPORT_INT_FIELDS[name]
     return {"type": "integer", "minimum": minimum, "maximum": maximum, "nullable": True, "description": description}
 
 
@@ -56,7 +60,9 @@ UUID_SCHEMA = {
 }
 
 ERRORS = {
-    "400": _error_response("Malformed JSON or a known key with a bad value; the body names the problem. Nothing was changed."),
+    "400": _error_response(
+        "Malformed JSON or a known key with a bad value; the body names the problem. Nothing was changed."
+    ),
     "401": _error_response("Missing or malformed Authorization, or a key that is not valid for this resource."),
     "405": _error_response("Another method than the one documented."),
 }
@@ -77,7 +83,7 @@ SCHEMAS: dict[str, Any] = {
             "device_type": _column("device_type", "Device type slug, e.g. raspberrypi4-64; the fleet's when absent."),
             "api_key": {
                 "type": "string",
-                "pattern": reports.API_KEY_RE.pattern,
+                "pattern": parsing.API_KEY_RE.pattern,
                 "nullable": True,
                 "description": "The device's API key (16-255 printable ASCII characters); generated when absent.",
             },
@@ -144,7 +150,9 @@ SCHEMAS: dict[str, Any] = {
             "ip_address": _column("ip_address", "Every address, space separated."),
             "mac_address": _column("mac_address", "Every address, space separated."),
             "provisioning_state": _column("provisioning_state", "e.g. Post-Provisioning; empty when done."),
-            "provisioning_progress": _integer("provisioning_progress", "OS configuration progress; null when not configuring."),
+            "provisioning_progress": _integer(
+                "provisioning_progress", "OS configuration progress; null when not configuring."
+            ),
             "memory_usage": _integer("memory_usage", "bytes"),
             "memory_total": _integer("memory_total", "bytes"),
             "storage_usage": _integer("storage_usage", "bytes"),
@@ -161,13 +169,13 @@ SCHEMAS: dict[str, Any] = {
         "description": "Keyed by the reporting device's own UUID (the only key); naming another device as well is 403.",
         "additionalProperties": {"$ref": "#/components/schemas/DeviceReport"},
         "minProperties": 1,
-        "maxProperties": reports.MAX_REPORT_UUIDS,
+        "maxProperties": parsing.MAX_REPORT_UUIDS,
     },
     "TunnelEvent": {
         "type": "object",
         "properties": {
-            "uuids": {"type": "array", "items": UUID_SCHEMA, "maxItems": reports.MAX_TUNNEL_UUIDS},
-            "serviceId": {"type": "integer", "minimum": 0, "maximum": reports.INT_MAX},
+            "uuids": {"type": "array", "items": UUID_SCHEMA, "maxItems": parsing.MAX_TUNNEL_UUIDS},
+            "serviceId": {"type": "integer", "minimum": 0, "maximum": parsing.INT_MAX},
         },
         "required": ["uuids", "serviceId"],
         "additionalProperties": True,
@@ -175,7 +183,9 @@ SCHEMAS: dict[str, Any] = {
 }
 
 
-def _op(summary: str, security: str, *, body: str | None = None, responses: dict[str, Any], params: list | None = None) -> dict[str, Any]:
+def _op(
+    summary: str, security: str, *, body: str | None = None, responses: dict[str, Any], params: list | None = None
+) -> dict[str, Any]:
     op: dict[str, Any] = {
         "summary": summary,
         "security": [{security: []}],
@@ -183,7 +193,10 @@ def _op(summary: str, security: str, *, body: str | None = None, responses: dict
     }
     if body:
         op["responses"].update(TOO_LARGE)
-        op["requestBody"] = {"required": True, "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{body}"}}}}
+        op["requestBody"] = {
+            "required": True,
+            "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{body}"}}},
+        }
     if params:
         op["parameters"] = params
     return op
@@ -195,8 +208,12 @@ def _tunnel(summary: str) -> dict[str, Any]:
             summary,
             "serviceKey",
             body="TunnelEvent",
-            responses={"200": {"description": "Applied to the known UUIDs; unknown ones are ignored.",
-                               "content": {"application/json": {"schema": {"type": "object"}}}}},
+            responses={
+                "200": {
+                    "description": "Applied to the known UUIDs; unknown ones are ignored.",
+                    "content": {"application/json": {"schema": {"type": "object"}}},
+                }
+            },
         )
     }
 
@@ -207,51 +224,76 @@ def build_document() -> dict[str, Any]:
         "info": {
             "title": "fleetstatus device API",
             "version": API_VERSION,
-            "description": "The balena-compatible endpoints devices and the tunnel server call (DESIGN.md §3).",
+            "description": "The balena-compatible endpoints devices and the tunnel server call.",
         },
         "paths": {
-            "/device/register": {
+            openapi_path(REGISTER): {
                 "post": _op(
                     "Register a device in the fleet the provisioning key belongs to",
                     "provisioningKey",
                     body="RegisterRequest",
                     responses={
-                        "201": {"description": "Created.", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/RegisterResponse"}}}},
+                        "201": {
+                            "description": "Created.",
+                            "content": {
+                                "application/json": {"schema": {"$ref": "#/components/schemas/RegisterResponse"}}
+                            },
+                        },
                         "409": _error_response("The UUID is already taken."),
                     },
                 )
             },
-            "/device/v3/{uuid}/state": {
+            openapi_path(TARGET_STATE): {
                 "get": _op(
                     "Target state; a counted fetch is the device's heartbeat",
                     "deviceKey",
                     params=[{"name": "uuid", "in": "path", "required": True, "schema": UUID_SCHEMA}],
                     responses={
-                        "200": {"description": "The target state.", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/TargetState"}}}},
+                        "200": {
+                            "description": "The target state.",
+                            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/TargetState"}}},
+                        },
                         "304": {"description": "The device is frozen: not managed, and the fetch does not count."},
                     },
                 )
             },
-            "/device/v3/state": {
+            openapi_path(STATE_REPORT): {
                 "patch": _op(
                     "Report the device's current state",
                     "deviceKey",
                     body="StateReport",
                     responses={
-                        "200": {"description": "Stored.", "content": {"application/json": {"schema": {"type": "object"}}}},
-                        "403": _error_response("The key belongs to one device the body names, but the body names others too; nothing is stored."),
+                        "200": {
+                            "description": "Stored.",
+                            "content": {"application/json": {"schema": {"type": "object"}}},
+                        },
+                        "403": _error_response(
+                            "The key belongs to one device the body names, but the body names others too; nothing is stored."
+                        ),
                     },
                 )
             },
-            "/services/vpn/client-connect": _tunnel("Tunnel up for these devices (remembers serviceId)"),
-            "/services/vpn/client-disconnect": _tunnel("Tunnel down where the same serviceId still holds the device"),
+            openapi_path(VPN_CONNECT): _tunnel("Tunnel up for these devices (remembers serviceId)"),
+            openapi_path(VPN_DISCONNECT): _tunnel("Tunnel down where the same serviceId still holds the device"),
         },
         "components": {
             "schemas": SCHEMAS,
             "securitySchemes": {
-                "provisioningKey": {"type": "http", "scheme": "bearer", "description": "A fleet's provisioning key (create_fleet prints it)."},
-                "deviceKey": {"type": "http", "scheme": "bearer", "description": "The API key of the device the request is about."},
-                "serviceKey": {"type": "http", "scheme": "bearer", "description": "A tunnel-server key (create_service_key); VPN endpoints only."},
+                "provisioningKey": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": "A fleet's provisioning key (create_fleet prints it).",
+                },
+                "deviceKey": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": "The API key of the device the request is about.",
+                },
+                "serviceKey": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": "A tunnel-server key (create_service_key); VPN endpoints only.",
+                },
             },
         },
     }

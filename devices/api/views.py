@@ -1,4 +1,4 @@
-"""The device-facing HTTP API: balena-compatible paths, auth and bodies (DESIGN.md §3, issue #3).
+"""The device-facing HTTP API's views: balena-compatible auth and bodies (docs/design.md, Device API).
 
 Plain function views, JSON in and out, no sessions or CSRF (devices authenticate with Bearer keys).
 Every error is a 4xx JSON body `{"error": "...", "field": "..."}`; every write happens after the
@@ -14,21 +14,22 @@ Auth outcomes, the same on every endpoint:
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
+from datetime import datetime
 from functools import wraps
 from typing import Any
 
-from django.core.exceptions import RequestDataTooBig
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.utils import timezone
 from django.views.decorators.csrf import csrf_exempt
 
 from devices import services
-from devices.api import reports
+from devices.api import parsing
+from devices.api.config import target_config, target_state_body
+from devices.api.errors import error
+from devices.api.parsing import BadRequest
 from devices.live import devcache, heartbeats
 from devices.models import Device
-from devices.api.reports import BadRequest
 from fleets.keys import hash_key, key_matches
 from fleets.models import Fleet, ServiceKey
 
@@ -37,18 +38,10 @@ REGISTER_MAX_BYTES = 16 * 1024
 REPORT_MAX_BYTES = 256 * 1024
 TUNNEL_MAX_BYTES = 1024 * 1024
 
-BEARER_RE = re.compile(r"^Bearer +([\x21-\x7e]{1,512}) *$", re.IGNORECASE)
 # Compared against when the device is unknown, so that path costs the same as a wrong key.
 _NO_HASH = hash_key("no such device")
 
 WRONG_DEVICE_KEY = "The API key is not valid for this device."
-
-
-def error(status: int, message: str, **extra: Any) -> JsonResponse:
-    response = JsonResponse({"error": message, **extra}, status=status)
-    if status == 401:
-        response["WWW-Authenticate"] = 'Bearer realm="fleetstatus"'
-    return response
 
 
 def endpoint(*methods: str) -> Callable[[Callable[..., HttpResponse]], Callable[..., HttpResponse]]:
@@ -73,30 +66,7 @@ def endpoint(*methods: str) -> Callable[[Callable[..., HttpResponse]], Callable[
 
 
 def bearer_key(request: HttpRequest) -> str:
-    header = request.headers.get("Authorization")
-    if not header:
-        raise BadRequest("Authorization: Bearer <key> is required.", status=401)
-    match = BEARER_RE.match(header)
-    if not match:
-        raise BadRequest("The Authorization header must be 'Bearer <key>'.", status=401)
-    return match.group(1)
-
-
-def read_json(request: HttpRequest, max_bytes: int) -> Any:
-    too_big = BadRequest(f"The body is larger than {max_bytes} bytes.", status=413)
-    try:
-        declared = int(request.META.get("CONTENT_LENGTH") or 0)
-    except ValueError:
-        raise BadRequest("Content-Length is not a number.") from None
-    if declared > max_bytes:
-        raise too_big
-    try:
-        body = request.body
-    except RequestDataTooBig:
-        raise too_big from None
-    if len(body) > max_bytes:
-        raise too_big
-    return reports.parse_json(body)
+    return parsing.bearer_token(request.headers.get("Authorization"))
 
 
 # --- POST /device/register ------------------------------------------------------------------
@@ -109,7 +79,7 @@ def register(request: HttpRequest) -> HttpResponse:
     fleet = Fleet.objects.filter(provisioning_key_hash=hash_key(key)).order_by("pk").first()
     if fleet is None or not key_matches(key, fleet.provisioning_key_hash):
         return error(401, "The provisioning key is not valid.")
-    data = reports.parse_registration(read_json(request, REGISTER_MAX_BYTES))
+    data = parsing.parse_registration(parsing.read_json(request, REGISTER_MAX_BYTES))
     try:
         device, api_key, _claimed = services.register_device(
             fleet, data.uuid, device_type=data.device_type, api_key=data.api_key
@@ -124,32 +94,14 @@ def register(request: HttpRequest) -> HttpResponse:
 # --- GET /device/v3/<uuid>/state: the heartbeat ------------------------------------------------
 
 
-def target_config(device: Device) -> dict[str, str]:
-    """The supervisor configuration a device is told; balena sends every value as a string."""
-    return config_for(device.effective_poll_interval, device.effective_cloudlink)
-
-
-def config_for(poll_interval: int, cloudlink: bool) -> dict[str, str]:
-    """target_config from the effective values (the cached fast path has no Device to ask)."""
-    return {
-        # The device polls at this rate, which is what its heartbeat window is measured against.
-        "BALENA_SUPERVISOR_POLL_INTERVAL": str(poll_interval * 1000),
-        "BALENA_SUPERVISOR_VPN_CONTROL": "true" if cloudlink else "false",
-        "BALENA_SUPERVISOR_CONNECTIVITY_CHECK": "true",
-        "BALENA_SUPERVISOR_INSTANT_UPDATE_TRIGGER": "true",
-        "BALENA_SUPERVISOR_LOCAL_MODE": "false",
-        "BALENA_SUPERVISOR_PERSISTENT_LOGGING": "false",
-    }
-
-
 @endpoint("GET")
 def target_state(request: HttpRequest, uuid: str) -> HttpResponse:
     key = bearer_key(request)
-    reports.device_uuid(uuid, "uuid")
-    # A steady-state fetch never gets here: devices.fastpath answers it from the device cache
-    # (devices/devcache.py). This is the database path: a cache miss, a heartbeat that is not
-    # online in Redis or late, no Redis. The one query when the heartbeat is on time: the device
-    # with its fleet (for interval and cloudlink).
+    parsing.device_uuid(uuid, "uuid")
+    # A steady-state fetch through the WSGI entry point never gets here: the edge
+    # (devices/api/edge.py) answers it from the device cache. This is the database path: a cache
+    # miss, a heartbeat that is not online in Redis or late, no Redis. The one query when the
+    # heartbeat is on time: the device with its fleet (for interval and cloudlink).
     try:
         device = Device.objects.select_related("fleet").get(uuid=uuid)
     except Device.DoesNotExist:
@@ -167,17 +119,26 @@ def target_state(request: HttpRequest, uuid: str) -> HttpResponse:
     if device.is_frozen:
         # This fetch reactivated an inactive device beyond the organization's allowance.
         return HttpResponse(status=304)
-    # fleetstatus does not deploy releases; an empty apps object is balena's "no apps assigned".
-    return JsonResponse({device.uuid: {"name": device.name, "config": target_config(device), "apps": {}}})
+    body = target_state_body(device.uuid, device.name, target_config(device))
+    return HttpResponse(body, content_type="application/json")
 
 
 # --- PATCH /device/v3/state: state reports ----------------------------------------------------
 
 
+def _report_changes(report: Any) -> tuple[dict[str, Any], datetime]:
+    """The Device changes a device's report asks for, and the moment they take effect."""
+    changes = parsing.parse_state_report(report)
+    now = timezone.now()
+    # A report is contact ("last seen") but not a heartbeat, and does not reactivate (docs/design.md, Statuses).
+    changes.update(last_state_report_at=now, last_seen_at=now)
+    return changes, now
+
+
 @endpoint("PATCH")
 def state_report(request: HttpRequest) -> HttpResponse:
     key = bearer_key(request)
-    body = reports.split_state_body(read_json(request, REPORT_MAX_BYTES))
+    body = parsing.split_state_body(parsing.read_json(request, REPORT_MAX_BYTES))
     if len(body) == 1:
         # The usual report: one query reads the device's key hash together with everything the
         # write is decided on, and a report that leaves the status alone is one UPDATE
@@ -185,10 +146,7 @@ def state_report(request: HttpRequest) -> HttpResponse:
         ((uuid, report),) = body.items()
         snapshot = services.state_report_snapshot(uuid)
         if snapshot is not None and key_matches(key, snapshot["api_key_hash"]):
-            changes = reports.parse_state_report(report)
-            now = timezone.now()
-            # A report is contact ("last seen") but not a heartbeat, and does not reactivate (DESIGN.md §2.2).
-            changes.update(last_state_report_at=now, last_seen_at=now)
+            changes, now = _report_changes(report)
             try:
                 services.apply_state_report(snapshot, changes, at=now)
             except Device.DoesNotExist:
@@ -206,10 +164,7 @@ def state_report(request: HttpRequest) -> HttpResponse:
         others = sorted(set(body) - {own[0].uuid})
         return error(403, "A device may only report its own state.", uuids=others)
     device = own[0]
-    changes = reports.parse_state_report(body[device.uuid])
-    now = timezone.now()
-    # A report is contact ("last seen") but not a heartbeat, and does not reactivate (DESIGN.md §2.2).
-    changes.update(last_state_report_at=now, last_seen_at=now)
+    changes, now = _report_changes(body[device.uuid])
     try:
         services.update_device(device.pk, changes, reason="state report", at=now)
     except Device.DoesNotExist:
@@ -225,7 +180,7 @@ def _tunnel_event(request: HttpRequest, connected: bool) -> HttpResponse:
     service_key = ServiceKey.objects.filter(key_hash=hash_key(key)).first()
     if service_key is None or not key_matches(key, service_key.key_hash):
         return error(401, "The service key is not valid.")
-    uuids, service_id = reports.parse_tunnel_event(read_json(request, TUNNEL_MAX_BYTES))
+    uuids, service_id = parsing.parse_tunnel_event(parsing.read_json(request, TUNNEL_MAX_BYTES))
     result = services.set_tunnel(uuids, connected, service_id, at=timezone.now())
     return JsonResponse({"matched": result.matched, "reactivated": result.reactivated})
 

@@ -310,10 +310,6 @@ def _parse_id(raw: bytes) -> int | None:
         return None
 
 
-# The old private name of devices.live.redis.warn_unavailable, still called by devices/api/fastpath.py.
-_warn_unavailable = warn_unavailable
-
-
 def store() -> HeartbeatStore | None:
     """The live heartbeat store, or None when the database holds heartbeats (no REDIS_URL)."""
     redis_client = client()

@@ -6,14 +6,14 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
-from devices.api import reports
+from devices.api import parsing as reports
 from devices.models import effective_cloudlink
 from devices.services.lifecycle import update_device
 from devices.services.sql import device_with_fleet, guarded_update
 from devices.status import SIGNALS, compute_status
 
 STATE_REPORTED = "state report"
-# Every column a state report can write (devices/api/reports.py), the two contact times included.
+# Every column a state report can write (devices/api/parsing.py), the two contact times included.
 STATE_REPORT_FIELDS: tuple[str, ...] = (
     *reports.REPORT_TEXT_FIELDS,
     *reports.REPORT_INT_FIELDS,

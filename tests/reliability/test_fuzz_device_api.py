@@ -34,8 +34,8 @@ from schemathesis import GenerationMode
 from schemathesis.core import NotSet
 
 from devices import services
-from devices.models import Device, StatusTransition
 from devices.api.openapi import build_document
+from devices.models import Device, StatusTransition
 from fleets.keys import generate_key, hash_key
 from fleets.models import Fleet, Organization, ServiceKey
 from tests.reliability import figures

@@ -1,9 +1,8 @@
-"""Validation of the device-facing API's request bodies (DESIGN.md §3), as pure functions.
+"""Parsing of the device API's requests: the Bearer key, the JSON body and what it must hold.
 
-Each parser takes the decoded JSON and returns plain values (for a state report: a dict of Device
-field changes) or raises `BadRequest` naming the offending key. Nothing here touches the database,
-so every rule is unit-testable without a request, and the views can validate a whole body before
-they write anything (no partial writes).
+Each parser returns plain values (for a state report: a dict of Device field changes) or raises
+`BadRequest` naming the offending key. Nothing here touches the database, so every rule is
+unit-testable, and the views validate a whole body before they write anything (no partial writes).
 
 Compatibility notes: balena agents send more keys than we use (`api_port`, `api_secret`, `cpu_id`,
 `is_online`, `name`, `logs_channel`, ...); unknown keys are ignored, never stored. Only a *known*
@@ -19,6 +18,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from django.core.exceptions import RequestDataTooBig
+from django.http import HttpRequest
+
 from devices.models import UUID_REGEX, Device
 from devices.status import UPDATE_STATUS_PRECEDENCE
 
@@ -29,6 +31,7 @@ API_KEY_RE = re.compile(r"^[\x21-\x7e]{16,255}$")
 BIGINT_MAX = 2**63 - 1
 SMALLINT_MAX = 2**15 - 1
 INT_MAX = 2**31 - 1
+BEARER_RE = re.compile(r"^Bearer +([\x21-\x7e]{1,512}) *$", re.IGNORECASE)
 
 MAX_TUNNEL_UUIDS = 8000
 # One key authenticates one device; a body naming more is refused anyway (403), this only bounds
@@ -68,11 +71,36 @@ class BadRequest(ValueError):
         self.field = field
         self.status = status
 
-    def as_json(self) -> dict[str, Any]:
-        body: dict[str, Any] = {"error": self.message}
-        if self.field is not None:
-            body["field"] = self.field
-        return body
+
+# --- The request -------------------------------------------------------------------------------
+
+
+def bearer_token(header: str | None) -> str:
+    """The key of an `Authorization: Bearer <key>` header; a missing or malformed header is a 401."""
+    if not header:
+        raise BadRequest("Authorization: Bearer <key> is required.", status=401)
+    match = BEARER_RE.match(header)
+    if not match:
+        raise BadRequest("The Authorization header must be 'Bearer <key>'.", status=401)
+    return match.group(1)
+
+
+def read_json(request: HttpRequest, max_bytes: int) -> Any:
+    """The request's JSON body; a body over `max_bytes` is a 413 whether declared or sent."""
+    too_big = BadRequest(f"The body is larger than {max_bytes} bytes.", status=413)
+    try:
+        declared = int(request.META.get("CONTENT_LENGTH") or 0)
+    except ValueError:
+        raise BadRequest("Content-Length is not a number.") from None
+    if declared > max_bytes:
+        raise too_big
+    try:
+        body = request.body
+    except RequestDataTooBig:
+        raise too_big from None
+    if len(body) > max_bytes:
+        raise too_big
+    return parse_json(body)
 
 
 # --- Primitives --------------------------------------------------------------------------------

@@ -1,0 +1,264 @@
+"""The device API's edge: the two hot requests, dispatched before the pages' machinery.
+
+`GET /device/v3/<uuid>/state` is most of an installation's traffic (1 M devices polling every
+10 minutes is 1,700 requests a second), and a device on time needs none of what the pages need.
+`EdgeWSGI` wraps the WSGI application (fleetstatus/wsgi.py) and answers such a fetch from the
+device cache in one Redis script, before Django builds a request:
+
+- the entry matches the presented key (SHA-256, compared in constant time here as in the view)
+  and the device's heartbeat is online and on time in the heartbeat store -> 200 with the bytes
+  the view sends, and the fetch is recorded in Redis (no database connection is touched);
+- the entry says frozen -> 304 (the fetch does not count), as the view answers.
+
+Anything else goes to Django unchanged and the view decides with the database: no entry, a key
+that does not match, not in the online set, late, an unreachable Redis; it keeps the whole error
+contract (401 with WWW-Authenticate, 400 on a bad UUID, 405, 503 when the database is down). On a
+miss the generations the script returned go along in the environ, so the view can fill the cache
+after its database read.
+
+`PATCH /device/v3/state` (state reports, every few seconds to minutes per device) needs the
+database and a Django request, but none of sessions, authentication, CSRF, messages, htmx, axes or
+URL resolution: `StateReportDispatchMiddleware` calls its view right after the response-header
+middleware.
+
+Both are matched with the paths the URLconf is built from (devices/api/paths.py).
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+from collections.abc import Callable, Iterable
+
+from django.conf import settings
+from django.core.exceptions import DisallowedHost, ImproperlyConfigured
+from django.db import InterfaceError, OperationalError
+from django.http import HttpRequest, HttpResponse
+from django.urls import Resolver404, resolve
+from django.utils import timezone
+from django.utils.module_loading import import_string
+from redis.exceptions import RedisError
+
+from devices.api import parsing
+from devices.api.config import config_for, target_state_body
+from devices.api.paths import STATE_REPORT, TARGET_STATE, UUID_PARAMETER, absolute
+from devices.api.views import state_report
+from devices.live import devcache, heartbeats
+from devices.live.redis import warn_unavailable
+from devices.models import effective_poll_interval
+from fleets.keys import hash_key
+from fleetstatus.middleware import DatabaseUnavailableMiddleware
+
+logger = logging.getLogger(__name__)
+
+TARGET_STATE_PATH = absolute(TARGET_STATE)
+STATE_REPORT_PATH = absolute(STATE_REPORT)
+# The target-state path around its UUID segment: "/device/v3/" and "/state".
+_STATE_HEAD, _STATE_TAIL = TARGET_STATE_PATH.split(UUID_PARAMETER)
+
+REPORT_DISPATCH = f"{__name__}.StateReportDispatchMiddleware"
+
+
+def target_state_uuid(path: str) -> str | None:
+    """The UUID of a target-state path, when it is one the view accepts as a UUID."""
+    if not (path.startswith(_STATE_HEAD) and path.endswith(_STATE_TAIL)):
+        return None
+    uuid = path[len(_STATE_HEAD) : -len(_STATE_TAIL)]
+    return uuid if parsing.UUID_RE.fullmatch(uuid) else None
+
+
+# --- GET /device/v3/<uuid>/state: answered from the device cache ------------------------------
+
+
+def cached_answer(meta: dict, uuid: str) -> tuple[int, bytes] | None:
+    """(status, JSON body) of a target-state fetch answered from the cache, or None for the view.
+
+    On a miss the generations the script read are left in `meta` (the WSGI environ, which becomes
+    the request's META) for the view's fill.
+    """
+    if not devcache.enabled():
+        return None
+    try:
+        key = parsing.bearer_token(meta.get("HTTP_AUTHORIZATION"))
+    except parsing.BadRequest:
+        return None
+    key_hash = hash_key(key)
+    try:
+        found = devcache.lookup_and_fetch(uuid, key_hash, timezone.now())
+    except RedisError as exc:
+        warn_unavailable(exc)
+        meta[devcache.STORE_FAILED_META] = True
+        return None
+    if found.outcome == devcache.MISS:
+        meta[devcache.GENERATIONS_META] = found.generations
+        return None
+    if found.outcome not in (devcache.COUNTED, devcache.FROZEN) or not hmac.compare_digest(key_hash, found.key_hash):
+        return None
+    if found.outcome == devcache.FROZEN:
+        return 304, b""
+    interval = effective_poll_interval(found.poll_interval, found.fleet_poll_interval)
+    cloudlink = found.fleet_cloudlink if found.cloudlink is None else found.cloudlink
+    return 200, target_state_body(uuid, found.name, config_for(interval, cloudlink))
+
+
+class _EnvironRequest(HttpRequest):
+    """Just enough of a request over a WSGI environ for the host, HTTPS and header checks."""
+
+    def __init__(self, environ: dict, path: str) -> None:
+        super().__init__()
+        self.META = environ
+        self.method = "GET"
+        self.path_info = path
+        self.path = environ.get("SCRIPT_NAME", "") + path
+
+    def _get_scheme(self) -> str:
+        return self.META.get("wsgi.url_scheme", "http")
+
+
+def _passes_request_checks(request: HttpRequest) -> bool:
+    """What the middleware before the view would refuse: a disallowed Host (CommonMiddleware, 400)."""
+    if settings.DISALLOWED_USER_AGENTS:
+        return False  # rare; the full stack decides
+    try:
+        request.get_host()
+    except DisallowedHost:
+        return False
+    return True
+
+
+def header_middleware() -> list[str]:
+    """The middleware listed before the report dispatch in settings.MIDDLEWARE: they only add
+    response headers (security headers, X-Frame-Options, CSP), so both edge answers carry them."""
+    names = list(settings.MIDDLEWARE)
+    if REPORT_DISPATCH not in names:
+        raise ImproperlyConfigured(
+            f"settings.MIDDLEWARE must list {REPORT_DISPATCH} after the response-header middleware."
+        )
+    return names[: names.index(REPORT_DISPATCH)]
+
+
+def _check_mounted_at_root() -> None:
+    """The edge matches the paths as devices/api/paths.py writes them: the URLconf must agree."""
+    for path, name in (
+        (STATE_REPORT_PATH, "device-api-state-report"),
+        (TARGET_STATE_PATH.replace(UUID_PARAMETER, "0" * 32), "device-api-target-state"),
+    ):
+        try:
+            resolved = resolve(path).url_name
+        except Resolver404:
+            resolved = None
+        if resolved != name:
+            raise ImproperlyConfigured(f"{path} must resolve to {name}: include devices.api.urls at the site root.")
+
+
+class EdgeWSGI:
+    """Answers a steady-state GET /device/v3/<uuid>/state before Django's request handling.
+
+    The response headers are those the header middleware give a response of the same status and
+    type, computed once per (status, secure) by running them on it. Everything else goes to the
+    Django application unchanged.
+    """
+
+    def __init__(self, app: Callable) -> None:
+        self.app = app
+        self._headers: dict[tuple[int, bool], list[tuple[str, str]]] = {}
+        self._hosts: dict[tuple[str | None, ...], bool] = {}
+        self._security = None
+        self._header_middleware = header_middleware()
+        _check_mounted_at_root()
+
+    def _template_headers(self, status: int, request: HttpRequest) -> list[tuple[str, str]]:
+        secure = request.is_secure()
+        key = (status, secure)
+        headers = self._headers.get(key)
+        if headers is None:
+            template = HttpResponse(status=304) if status == 304 else HttpResponse(b"", content_type="application/json")
+            handler: Callable[[HttpRequest], HttpResponse] = lambda _request: template  # noqa: E731
+            for path in reversed(self._header_middleware):
+                handler = import_string(path)(handler)
+            probe = _EnvironRequest({k: v for k, v in request.META.items() if isinstance(v, str)}, request.path_info)
+            response = handler(probe)
+            headers = [(k, v) for k, v in response.items() if k != "Content-Length"]
+            self._headers[key] = headers
+        return headers
+
+    def _host_ok(self, request: HttpRequest) -> bool:
+        meta = request.META
+        key = (
+            meta.get("HTTP_X_FORWARDED_HOST"),
+            meta.get("HTTP_X_FORWARDED_PORT"),
+            meta.get("HTTP_HOST"),
+            meta.get("SERVER_NAME"),
+            meta.get("SERVER_PORT"),
+        )
+        ok = self._hosts.get(key)
+        if ok is None:
+            ok = _passes_request_checks(request)
+            if len(self._hosts) < 1024:
+                self._hosts[key] = ok
+        return ok
+
+    def _redirects(self, request: HttpRequest) -> bool:
+        if not settings.SECURE_SSL_REDIRECT:
+            return False
+        if self._security is None:
+            from django.middleware.security import SecurityMiddleware
+
+            self._security = SecurityMiddleware(lambda _request: None)
+        return self._security.process_request(request) is not None
+
+    def __call__(self, environ: dict, start_response: Callable) -> Iterable[bytes]:
+        if environ.get("REQUEST_METHOD") == "GET":
+            path = environ.get("PATH_INFO", "")
+            uuid = target_state_uuid(path)
+            if uuid is not None:
+                try:
+                    answered = self._answer(environ, path, uuid, start_response)
+                except Exception:
+                    # Never worse than the full stack: log and let Django answer.
+                    logger.exception("fast path failed; the request goes to the full stack")
+                    answered = None
+                if answered is not None:
+                    return answered
+        return self.app(environ, start_response)
+
+    def _answer(self, environ: dict, path: str, uuid: str, start_response: Callable) -> list[bytes] | None:
+        request = _EnvironRequest(environ, path)
+        if not self._host_ok(request) or self._redirects(request):
+            return None
+        result = cached_answer(environ, uuid)
+        if result is None:
+            return None
+        status, body = result
+        headers = [*self._template_headers(status, request), ("Content-Length", str(len(body)))]
+        start_response("304 Not Modified" if status == 304 else "200 OK", headers)
+        return [body]
+
+
+# --- PATCH /device/v3/state: straight to the view ---------------------------------------------
+
+
+class StateReportDispatchMiddleware:
+    """Calls the state-report view, doing itself what the skipped middleware would do for it.
+
+    A lost database connection is a 503 with Retry-After (DatabaseUnavailableMiddleware), the Host
+    header is checked against ALLOWED_HOSTS and the response carries Content-Length
+    (CommonMiddleware). Every other request, other methods on the same path included, passes through.
+    """
+
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
+        self.get_response = get_response
+        self.unavailable = DatabaseUnavailableMiddleware(get_response)
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        if request.path_info != STATE_REPORT_PATH or request.method != "PATCH":
+            return self.get_response(request)
+        request.get_host()  # ALLOWED_HOSTS, as CommonMiddleware checks it (DisallowedHost is a 400)
+        try:
+            response = state_report(request)
+        except (OperationalError, InterfaceError) as exc:
+            response = self.unavailable.process_exception(request, exc)
+            assert response is not None
+        if not response.streaming and "Content-Length" not in response:
+            response.headers["Content-Length"] = str(len(response.content))
+        return response
