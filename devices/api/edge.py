@@ -43,7 +43,7 @@ from devices.api import parsing
 from devices.api.config import config_for, target_state_body
 from devices.api.paths import STATE_REPORT, TARGET_STATE, UUID_PARAMETER, absolute
 from devices.api.views import state_report
-from devices.live import devcache, heartbeats
+from devices.live import devcache
 from devices.live.redis import warn_unavailable
 from devices.models import effective_poll_interval
 from fleets.keys import hash_key
