@@ -4,7 +4,7 @@ Steady state is what the store holds once every polling device has fetched at le
 device whose heartbeat is online in the database is a member of the online set with a deadline in
 the future (its last fetch within its polling interval, plus the 1.5x tolerance), no fetch is
 waiting for write-back, the store is trusted, and every polling device's fetch configuration is in
-the device cache (devices/devcache.py). Fetching 880,000 devices once over HTTP would take longer
+the device cache (devices/live/devcache.py). Fetching 880,000 devices once over HTTP would take longer
 than the benchmark itself, so this calls the application's own bulk functions (nothing here
 writes a Redis key itself): HeartbeatStore.reset() and mark_online_many() (what a database-path
 fetch does after its commit, for many devices) and devcache.prime() (what a database-path fetch

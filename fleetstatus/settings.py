@@ -114,7 +114,7 @@ WSGI_APPLICATION = "fleetstatus.wsgi.application"
 DATABASE_URL = os.environ.get("DATABASE_URL", "")
 if DATABASE_URL:
     # Persistent connections: a new PostgreSQL connection per request costs more than the
-    # heartbeat request itself (see STYLE.md: ~115 req/s vs ~400 req/s measured on this machine).
+    # heartbeat request itself (README, Performance).
     _db = dj_database_url.parse(DATABASE_URL, conn_max_age=env_int("CONN_MAX_AGE", 600), conn_health_checks=True)
     if _db["ENGINE"] == "django.db.backends.postgresql":
         # Django's backend, with a health check that polls the socket instead of a SELECT 1 per
@@ -178,9 +178,9 @@ FLEETSTATUS_MIN_POLL_INTERVAL = env_int("FLEETSTATUS_MIN_POLL_INTERVAL", FLEETST
 FLEETSTATUS_SWEEP_INTERVAL = env_int("FLEETSTATUS_SWEEP_INTERVAL", 10)
 if FLEETSTATUS_MIN_POLL_INTERVAL < 1 or FLEETSTATUS_DEFAULT_POLL_INTERVAL < 1 or FLEETSTATUS_SWEEP_INTERVAL < 1:
     raise ImproperlyConfigured("poll and sweep intervals must be positive")
-# Heartbeat deadline = last fetch + interval x this factor (tolerance for jitter; DESIGN.md §2.2).
+# Heartbeat deadline = last fetch + interval x this factor (tolerance for jitter; docs/design.md, Heartbeats and staleness).
 FLEETSTATUS_HEARTBEAT_TOLERANCE = 1.5
-# Seconds a device's cached fetch configuration lives in Redis (devices/devcache.py; 0 = no cache).
+# Seconds a device's cached fetch configuration lives in Redis (devices/live/devcache.py; 0 = no cache).
 # A device re-reads the database once per this period; a lost invalidation heals within it.
 FLEETSTATUS_DEVICE_CACHE_TTL = env_int("FLEETSTATUS_DEVICE_CACHE_TTL", 6 * 3600)
 # How long status transitions are kept (days) before the housekeeping task prunes them.

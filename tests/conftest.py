@@ -114,8 +114,8 @@ def staff_client(db):
 
 @pytest.fixture(autouse=True)
 def _fresh_heartbeat_store():
-    """With REDIS_URL, every test starts with an empty, trusted heartbeat store (devices/heartbeats.py)
-    and an empty device cache (devices/devcache.py).
+    """With REDIS_URL, every test starts with an empty, trusted heartbeat store (devices/live/heartbeats.py)
+    and an empty device cache (devices/live/devcache.py).
 
     Device ids repeat across tests (SQLite reuses rolled-back ids, each run recreates the database),
     and a leftover member of the store's online set would let a fetch skip the database.

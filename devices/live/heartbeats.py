@@ -327,7 +327,7 @@ def record_fetch(device: Device, *, at: datetime | None = None, store_failed: bo
 
     Never raises because of Redis: when it is unreachable the fetch takes the database path
     (and a warning is logged). store_failed: the caller's own Redis call for this request just
-    failed (devices/api/fastpath.py), so this does not wait for Redis a second time.
+    failed (devices/api/edge.py), so this does not wait for Redis a second time.
     """
     at = at or timezone.now()
     hb = store()

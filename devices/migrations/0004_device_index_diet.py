@@ -1,4 +1,4 @@
-"""Fewer, smaller indexes on devices_device (issue 8: every device write pays for each one).
+"""Fewer, smaller indexes on devices_device (every device write pays for each one).
 
 Every write of a device row changes an indexed column (last_seen_at, overall_status, the heartbeat
 state or deadline), so none is a HOT update: each inserts a new entry into EVERY index of the

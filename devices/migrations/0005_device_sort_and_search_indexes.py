@@ -1,5 +1,5 @@
 """Indexes that give every Devices page sort and the search their rows without a scan of the
-organization (issue 8: pages fast at 100,000 devices of one organization).
+organization (pages stay fast at 100,000 devices of one organization).
 
 - The sorts with a second key (device type, OS, release, IP address, heartbeat, cloudlink) order by
   (x, name, id): (organization, x, name) replaces (organization, x), so an index scan yields the

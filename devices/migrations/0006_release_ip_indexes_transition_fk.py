@@ -1,11 +1,10 @@
-"""Cheaper device and transition writes (issue 8: every device write pays for every index).
+"""Cheaper device and transition writes (every device write pays for every index).
 
 - Release and IP address go back to (organization, x): unlike device type, OS, heartbeat or
   cloudlink they have many distinct values per organization (bench data: 301 releases, 4,097 IPs
-  per 100,000 devices), so after the index gives x in order only small groups are sorted by name
-  (3-6 ms of SQL measured), and the two-column index stays small thanks to B-tree deduplication
-  (7-11 MB instead of 47-63 MB at 1 M devices, measured in 0005), which is what a write pays in
-  full-page images after each checkpoint.
+  per 100,000 devices), so after the index gives x in order only small groups are sorted by name,
+  and the two-column index stays small thanks to B-tree deduplication, which is what a write pays
+  in full-page images after each checkpoint.
 - The transitions' own index on device_id goes: transition_device_at (device, -at, -id) serves
   every lookup by device (history, uptime, cascade deletes); the sweep and tunnel events insert
   thousands of transitions at a time, each paying every index of the table.

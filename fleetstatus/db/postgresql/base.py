@@ -3,8 +3,7 @@
 Persistent connections (CONN_MAX_AGE) need a check before reuse, or the first request after a
 PostgreSQL restart fails on a connection the server has closed. Django's CONN_HEALTH_CHECKS does it
 with a `SELECT 1` at the start of every request that uses the database: one more round trip on each
-state report and page (a report is otherwise two), about a fifth of a heartbeat worker's time when
-it was measured (issue 8).
+state report and page (a report is otherwise two).
 
 A connection that sits idle between requests has nothing to read: the server sends nothing unless
 asked. When the server ends the connection (restart, `pg_terminate_backend`, idle timeout, a crash
