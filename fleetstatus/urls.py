@@ -45,6 +45,8 @@ urlpatterns = [
     path("devices/", include("devices.urls")),
     path("fleets/", include("fleets.urls")),
     path("device/openapi.json", openapi_json, name="device-openapi"),
+    # The read API (/api/v1/), its tokens page and the Prometheus endpoint.
+    path("", include("readapi.urls")),
     # The device-facing API (balena-compatible paths: /device/..., /services/vpn/...).
     path("", include("devices.api.urls")),
 ]
