@@ -15,7 +15,7 @@ def healthz(request):
 
 # Device agents and the tunnel server parse JSON: an unknown path or a request Django refuses
 # before any view (e.g. a UUID segment containing "/") must not answer them with an HTML page.
-API_PREFIXES = ("/device/", "/services/")
+API_PREFIXES = ("/device/", "/services/", "/api/")
 
 
 def not_found(request, exception=None):

@@ -167,10 +167,7 @@ def _after(rows: QuerySet[Device], query: DeviceQuery, values: list[Any]) -> Que
     # The leading column's bound on its own as well: PostgreSQL derives it from the row comparison
     # when all columns are the device's, but not across the join of the fleet sort, where it lets
     # the walk over the organization's fleets start at the cursor's fleet.
-    sql = (
-        f"({', '.join(c for c, _ in columns)}) {op} ({', '.join(['%s'] * len(columns))}) "
-        f"AND {columns[0][0]} {op}= %s"
-    )
+    sql = f"({', '.join(c for c, _ in columns)}) {op} ({', '.join(['%s'] * len(columns))}) AND {columns[0][0]} {op}= %s"
     return rows.filter(RawSQL(sql, [*params, params[0]], output_field=BooleanField()))
 
 

@@ -1,4 +1,4 @@
-from django.urls import path, re_path
+from django.urls import path
 
 from readapi import exposition, openapi, pages, views
 
@@ -10,8 +10,6 @@ urlpatterns = [
     path("api/v1/devices/<str:uuid>", views.device_detail, name="device"),
     path("api/v1/devices/<str:uuid>/history", views.device_history, name="history"),
     path("api/v1/fleets", views.fleet_list, name="fleets"),
-    # Scripts parse JSON: an unknown /api/ path answers JSON too, not the HTML 404 page.
-    re_path(r"^api/(?P<rest>.*)$", views.not_found, name="api-not-found"),
     path("metrics", exposition.metrics_view, name="metrics"),
     path("api-tokens/", pages.token_list, name="tokens"),
     path("api-tokens/<int:pk>/revoke", pages.token_revoke, name="revoke"),

@@ -278,7 +278,3 @@ def fleet_list(request: HttpRequest) -> HttpResponse:
             }
         )
     return JsonResponse({"organizations": orgs, "fleets": fleets})
-
-
-def not_found(request: HttpRequest, rest: str = "") -> HttpResponse:
-    return error(404, f"No such endpoint: {request.method} {request.path[:200]}")
