@@ -20,14 +20,19 @@ import os
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from typing import TypeVar
 
 from django.conf import settings
+from django.db import connection, transaction
 from redis import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 logger = logging.getLogger(__name__)
 
+T = TypeVar("T")
 KEY = "fleetstatus:metrics"
 SWEEP_BUCKETS: tuple[float, ...] = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 WARN_EVERY = 60.0
@@ -88,20 +93,23 @@ def flush() -> None:
         _local.update(items)
         return
     try:
-        pipe = client.pipeline(transaction=False)
+        # MULTI/EXEC: applied whole or not at all, so a batch kept after a failure is never counted twice.
+        pipe = client.pipeline(transaction=True)
         for field, n in items.items():
-            if isinstance(n, float) and not n.is_integer():
+            if isinstance(n, float):
                 pipe.hincrbyfloat(KEY, field, n)
             else:
-                pipe.hincrby(KEY, field, int(n))
+                pipe.hincrby(KEY, field, n)
         pipe.execute()
-    except RedisError as exc:
+    except (RedisConnectionError, RedisTimeoutError) as exc:
         with _lock:
             _pending.update(items)
         now = time.monotonic()
         if now - _state["warned_at"] > WARN_EVERY:
             _state["warned_at"] = now
             logger.warning("metrics: Redis unavailable, counts kept in this process for now: %s", exc)
+    except RedisError:
+        logger.exception("metrics: Redis refused the counts %s; dropped", items)
 
 
 atexit.register(flush)
@@ -119,11 +127,16 @@ def count_state_reports(n: int = 1) -> None:
 
 
 def count_transitions(to_statuses: Iterable[str] | str) -> None:
-    """One increment per transition written, labelled with the status it entered."""
+    """One increment per transition written, labelled with the status it entered; counted when the
+    transaction that writes them commits (a rolled-back transition never happened)."""
     if isinstance(to_statuses, str):
         to_statuses = (to_statuses,)
     counts = Counter(f"transitions:{s}" for s in to_statuses)
-    if counts:
+    if not counts:
+        return
+    if connection.in_atomic_block:
+        transaction.on_commit(lambda: _add(counts))
+    else:
         _add(counts)
 
 
@@ -134,6 +147,19 @@ def count_deliveries(result: str, n: int = 1) -> None:
 def observe_sweep(seconds: float) -> None:
     bucket = next((b for b in SWEEP_BUCKETS if seconds <= b), "+Inf")
     _add({f"sweep_bucket:{bucket}": 1, "sweep_count": 1, "sweep_sum": float(seconds)})
+
+
+def timed_sweep(run: Callable[[], T]) -> Callable[[], T]:
+    """run, with its duration observed into the sweep histogram (failed runs included)."""
+
+    def timed() -> T:
+        start = time.perf_counter()
+        try:
+            return run()
+        finally:
+            observe_sweep(time.perf_counter() - start)
+
+    return timed
 
 
 def totals() -> dict[str, float]:

@@ -38,6 +38,7 @@ from devices.live import devcache, heartbeats
 from devices.api.views import BEARER_RE, config_for
 from devices.models import effective_poll_interval
 from fleets.keys import hash_key
+from readapi.metrics import count_heartbeats
 
 logger = logging.getLogger(__name__)
 
@@ -81,6 +82,7 @@ def cached_answer(request: HttpRequest, uuid: str) -> tuple[int, bytes] | None:
     cloudlink = found.fleet_cloudlink if found.cloudlink is None else found.cloudlink
     # JsonResponse's encoding (DjangoJSONEncoder adds nothing for plain strings).
     body = json.dumps({uuid: {"name": found.name, "config": config_for(interval, cloudlink), "apps": {}}})
+    count_heartbeats()
     return 200, body.encode()
 
 

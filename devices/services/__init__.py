@@ -31,6 +31,7 @@ from devices.models import UUID_REGEX, Device, StatusTransition, effective_poll_
 from devices.status import SIGNALS, HeartbeatState, Status, annotate_signals, compute_status, with_computed_status
 from fleets.keys import generate_key, hash_key
 from fleets.models import Fleet, Organization, Tier
+from readapi.metrics import count_transitions
 
 BATCH_SIZE = 1000
 
@@ -89,6 +90,7 @@ def update_device(device: Device | int, changes: dict[str, Any], *, reason: str,
             fields |= {"overall_status", "status_changed_at"}
             locked.save(update_fields=sorted(fields))
             transition.save()
+            count_transitions(transition.to_status)
         elif fields:
             locked.save(update_fields=sorted(fields))
         if {"poll_interval", "fleet", "fleet_id"} & set(changes):
@@ -126,6 +128,7 @@ def recompute_statuses(queryset: QuerySet, *, reason: str, at: datetime | None =
             for status, status_ids in by_status.items():
                 Device.objects.filter(pk__in=status_ids).update(overall_status=status, status_changed_at=at)
             StatusTransition.objects.bulk_create(transitions)
+            count_transitions([t.to_status for t in transitions])
             total += len(transitions)
     return total
 
@@ -174,6 +177,7 @@ def _apply_locked(
         changed_at = Greatest(base, Coalesce(F("status_changed_at"), base))
         Device.objects.filter(pk__in=ids).update(**changes, overall_status=status, status_changed_at=changed_at)
     StatusTransition.objects.bulk_create(transitions)
+    count_transitions([t.to_status for t in transitions])
     return len(transitions)
 
 
@@ -211,6 +215,7 @@ def create_device(
         device.full_clean(exclude=["organization", "fleet", "api_key_hash"])
         device.save()
         StatusTransition.objects.create(device=device, from_status="", to_status=device.overall_status, at=at, reason=reason)
+        count_transitions(device.overall_status)
         if is_active:
             reconcile_frozen(fleet.organization_id, reason=reason, at=at)
             device.refresh_from_db()
@@ -951,6 +956,7 @@ def _insert_transitions(rows: Sequence[tuple[int, str, str]], *, at: datetime, r
         params = [stamp, reason[:200], json.dumps(list(rows))]
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
+    count_transitions([t for _, _, t in rows])
 
 
 def _insert_transitions_each(rows: Sequence[tuple[int, str, str, datetime]], *, reason: str) -> None:
@@ -976,6 +982,7 @@ def _insert_transitions_each(rows: Sequence[tuple[int, str, str, datetime]], *, 
         params = [reason[:200], json.dumps([[pk, f, t, adapt(at)] for pk, f, t, at in rows])]
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
+    count_transitions([t for _, _, t, _ in rows])
 
 
 def set_tunnel(uuids: Iterable[str], connected: bool, service_id: int, at: datetime | None = None) -> TunnelResult:
