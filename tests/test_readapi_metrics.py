@@ -199,3 +199,27 @@ def test_scrape_runs_the_same_queries_whatever_the_size(
     with django_assert_num_queries(2):
         samples = scrape()
     assert sum(v for _, v in samples["fleetstatus_devices"]) == fleets * fleets
+
+
+def test_dashboard_and_documented_alerts_query_only_exported_metrics(make_device, db):
+    """docs/grafana-dashboard.json imports as it is (a data source input, unique panel ids) and it and
+    docs/api.md's alerts name only metrics /metrics exports."""
+    import json
+    import re
+
+    metrics.count_deliveries("sent")
+    metrics.observe_sweep(0.1)
+    make_device(name="one")
+    run_sweep()
+    exported = {re.sub(r"_(bucket|count|sum)$", "", name) for name in scrape()}
+    exported |= {f"{name}_bucket" for name in exported} | {f"{name}_sum" for name in exported}
+    exported |= {f"{name}_count" for name in exported}
+    root = Path(__file__).resolve().parent.parent
+    dashboard = json.loads((root / "docs" / "grafana-dashboard.json").read_text())
+    assert dashboard["__inputs"][0]["pluginId"] == "prometheus"
+    ids = [p["id"] for p in dashboard["panels"]]
+    assert len(ids) == len(set(ids)) >= 8
+    exprs = [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
+    docs = (root / "docs" / "api.md").read_text()
+    used = set(re.findall(r"fleetstatus_\w+", "\n".join(exprs) + docs.split("Alerts:")[1]))
+    assert used and used <= exported, used - exported
