@@ -6,6 +6,7 @@ process and machine shares one budget per token (an in-process counter would mul
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from collections.abc import Callable
@@ -24,6 +25,7 @@ from fleets.keys import hash_key
 from fleets.models import Organization
 from readapi.models import TOKEN_RE, ApiToken
 
+logger = logging.getLogger(__name__)
 LAST_USED_PRECISION = timedelta(minutes=1)
 
 
@@ -114,7 +116,11 @@ def api_view(view: Callable[..., HttpResponse]) -> Callable[..., HttpResponse]:
         api = authenticate(request)
         if isinstance(api, JsonResponse):
             return api
-        wait = throttle_wait(api.token.pk)
+        try:
+            wait = throttle_wait(api.token.pk)
+        except Exception as exc:  # noqa: BLE001 - the cache (Redis) is down: serve unthrottled, not a 500
+            logger.warning("read API throttle skipped, cache unavailable: %s", exc)
+            wait = None
         if wait is not None:
             return error(429, f"Too many requests for this token; retry in {wait} s.", Retry_After=str(wait))
         request.api = api

@@ -436,3 +436,16 @@ def test_pages_after_a_cursor_read_an_index_range(api, org, make_device, sort):
     index = SORT_INDEXES[sort.lstrip("-")]
     assert index in plan and "Seq Scan" not in plan, plan
     print(plan)
+
+
+def test_an_unreachable_cache_serves_unthrottled_rather_than_failing(api, settings, caplog):
+    settings.FLEETSTATUS_API_THROTTLE_REQUESTS = 5
+    settings.CACHES = {
+        "default": {
+            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            "LOCATION": "redis://127.0.0.1:1/0",
+            "OPTIONS": {"socket_connect_timeout": 0.5},
+        }
+    }
+    get(api, "/api/v1/fleets")
+    assert "throttle skipped" in caplog.text
