@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from benchmarks import load, pages, staleness, tunnel
+from benchmarks import load, pages, readapi, staleness, tunnel
 from benchmarks.context import Context
 from benchmarks.report import Row
 
@@ -16,6 +16,8 @@ TITLES = {
     "P5": "State reports PATCH /device/v3/state",
     "P6": "Staleness task (10,000 due)",
     "P7": "client-connect, 8,000 UUIDs",
+    "P10": "Read API GET /api/v1/devices?limit=100 (100,000 devices)",
+    "P11": "/metrics (1,000 fleets, 1,000,000 devices)",
 }
 TARGETS = {
     "P1": "<= 50 ms, <= 1.5x the 1k page, same queries",
@@ -25,6 +27,8 @@ TARGETS = {
     "P5": ">= 500 req/s, p99 <= 100 ms, 0 errors",
     "P6": "<= 2 s; 100k run >= 1/1.5 of it",
     "P7": "<= 1 s",
+    "P10": "<= 30 ms first page and page 900",
+    "P11": "<= 100 ms; queries independent of size",
 }
 ALL: dict[str, Callable[[Context], list[Row]]] = {
     "P1": pages.p1,
@@ -34,4 +38,6 @@ ALL: dict[str, Callable[[Context], list[Row]]] = {
     "P5": load.p5,
     "P6": staleness.p6,
     "P7": tunnel.p7,
+    "P10": readapi.p10,
+    "P11": readapi.p11,
 }

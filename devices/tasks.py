@@ -17,8 +17,9 @@ PERIODIC = {"acks_late": False}
 @shared_task(name="devices.tasks.sweep", **PERIODIC)
 def sweep() -> dict[str, Any]:
     from devices.sweep import run_sweep
+    from fleetstatus.metrics import timed_sweep
 
-    return run_sweep()
+    return timed_sweep(run_sweep)()
 
 
 @shared_task(name="devices.tasks.reconcile_frozen", **PERIODIC)

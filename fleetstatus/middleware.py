@@ -11,6 +11,14 @@ from django.http import HttpRequest, HttpResponse, HttpResponseBadRequest
 from devices.api.errors import error
 from devices.api.paths import is_api_path
 
+# The read API answers JSON like the device API: errors on its paths must not be HTML pages.
+READ_API_PREFIX = "/api/"
+
+
+def wants_json(path: str) -> bool:
+    return is_api_path(path) or path.startswith(READ_API_PREFIX)
+
+
 NUL_MESSAGE = "Query parameters cannot contain NUL characters."
 ADMIN_PREFIX = "/admin/"
 
@@ -57,7 +65,7 @@ class DatabaseUnavailableMiddleware:
         if not isinstance(exception, OperationalError | InterfaceError):
             return None
         logging.getLogger("django.request").error("database unavailable: %s", exception)
-        if is_api_path(request.path):
+        if wants_json(request.path):
             response: HttpResponse = error(503, DB_UNAVAILABLE)
         else:
             response = HttpResponse(DB_UNAVAILABLE, status=503, content_type="text/plain")

@@ -58,6 +58,7 @@ INSTALLED_APPS = [
     "csp",
     "fleets",
     "devices",
+    "readapi",
 ]
 
 MIDDLEWARE = [
@@ -185,6 +186,14 @@ FLEETSTATUS_HEARTBEAT_TOLERANCE = 1.5
 FLEETSTATUS_DEVICE_CACHE_TTL = env_int("FLEETSTATUS_DEVICE_CACHE_TTL", 6 * 3600)
 # How long status transitions are kept (days) before the housekeeping task prunes them.
 FLEETSTATUS_TRANSITION_RETENTION_DAYS = env_int("FLEETSTATUS_TRANSITION_RETENTION_DAYS", 90)
+
+# Read API (readapi/): requests per token per window, shared by every process through the cache.
+FLEETSTATUS_API_THROTTLE_REQUESTS = env_int("FLEETSTATUS_API_THROTTLE_REQUESTS", 20)
+FLEETSTATUS_API_THROTTLE_SECONDS = env_int("FLEETSTATUS_API_THROTTLE_SECONDS", 1)
+# /metrics answers 404 unless this is set, and 401 without it as a Bearer token.
+FLEETSTATUS_METRICS_TOKEN = os.environ.get("FLEETSTATUS_METRICS_TOKEN", "")
+# Counters are buffered per process and sent to Redis at most this many seconds later (fleetstatus/metrics.py).
+FLEETSTATUS_METRICS_FLUSH_SECONDS = float(os.environ.get("FLEETSTATUS_METRICS_FLUSH_SECONDS", "1"))
 
 CELERY_BEAT_SCHEDULE = {
     "sweep": {

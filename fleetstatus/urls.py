@@ -7,7 +7,7 @@ from django.views import defaults
 from django.views.generic import RedirectView
 
 from devices.api.errors import error
-from devices.api.paths import is_api_path
+from fleetstatus.middleware import wants_json
 
 
 def healthz(request):
@@ -17,13 +17,13 @@ def healthz(request):
 # Device agents and the tunnel server parse JSON: an unknown path or a request Django refuses
 # before any view (e.g. a UUID segment containing "/") must not answer them with an HTML page.
 def not_found(request, exception=None):
-    if is_api_path(request.path):
+    if wants_json(request.path):
         return error(404, f"No such endpoint: {request.method} {request.path[:200]}")
     return defaults.page_not_found(request, exception)
 
 
 def bad_request(request, exception=None):
-    if is_api_path(request.path):
+    if wants_json(request.path):
         return error(400, "Bad request.")
     return defaults.bad_request(request, exception)
 
@@ -42,6 +42,8 @@ urlpatterns = [
     path("admin/", admin.site.urls),
     path("devices/", include("devices.urls")),
     path("fleets/", include("fleets.urls")),
+    # The read API (/api/v1/), its tokens page and the Prometheus endpoint.
+    path("", include("readapi.urls")),
     # The device-facing API (balena-compatible paths: /device/..., /services/vpn/...) and its OpenAPI
     # document. At the root: the edge dispatch (devices/api/edge.py) matches these paths as they are.
     path("", include("devices.api.urls")),

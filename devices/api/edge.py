@@ -45,8 +45,8 @@ from devices.api.paths import STATE_REPORT, TARGET_STATE, UUID_PARAMETER, absolu
 from devices.api.views import state_report
 from devices.live import devcache
 from devices.live.redis import warn_unavailable
-from devices.models import effective_poll_interval
 from fleets.keys import hash_key
+from fleetstatus.metrics import count_heartbeats
 from fleetstatus.middleware import DatabaseUnavailableMiddleware
 
 logger = logging.getLogger(__name__)
@@ -96,9 +96,8 @@ def cached_answer(meta: dict, uuid: str) -> tuple[int, bytes] | None:
         return None
     if found.outcome == devcache.FROZEN:
         return 304, b""
-    interval = effective_poll_interval(found.poll_interval, found.fleet_poll_interval)
-    cloudlink = found.fleet_cloudlink if found.cloudlink is None else found.cloudlink
-    return 200, target_state_body(uuid, found.name, config_for(interval, cloudlink))
+    count_heartbeats()
+    return 200, target_state_body(uuid, found.name, config_for(found.effective_poll_interval, found.effective_cloudlink))
 
 
 class _EnvironRequest(HttpRequest):

@@ -32,6 +32,7 @@ from devices.live import devcache, heartbeats
 from devices.models import Device
 from fleets.keys import hash_key, key_matches
 from fleets.models import Fleet, ServiceKey
+from fleetstatus.metrics import count_heartbeats, count_state_reports
 
 # Body limits per endpoint. A client-connect for 8,000 UUIDs of 62 characters is about 520 kB.
 REGISTER_MAX_BYTES = 16 * 1024
@@ -120,6 +121,7 @@ def target_state(request: HttpRequest, uuid: str) -> HttpResponse:
         # This fetch reactivated an inactive device beyond the organization's allowance.
         return HttpResponse(status=304)
     body = target_state_body(device.uuid, device.name, target_config(device))
+    count_heartbeats()
     return HttpResponse(body, content_type="application/json")
 
 
@@ -151,6 +153,7 @@ def state_report(request: HttpRequest) -> HttpResponse:
                 services.apply_state_report(snapshot, changes, at=now)
             except Device.DoesNotExist:
                 return error(401, WRONG_DEVICE_KEY)
+            count_state_reports()
             return JsonResponse({})
     named = Device.objects.filter(uuid__in=list(body)).order_by().only("pk", "uuid", "api_key_hash")
     own = [d for d in named if key_matches(key, d.api_key_hash)]
@@ -169,6 +172,7 @@ def state_report(request: HttpRequest) -> HttpResponse:
         services.update_device(device.pk, changes, reason="state report", at=now)
     except Device.DoesNotExist:
         return error(401, WRONG_DEVICE_KEY)
+    count_state_reports()
     return JsonResponse({})
 
 

@@ -20,6 +20,7 @@ from devices.live import devcache
 from devices.models import Device, heartbeat_window
 from devices.services.sql import insert_transitions
 from devices.status import HeartbeatState, with_computed_status
+from fleetstatus.metrics import count_transitions
 
 BATCH_SIZE = 1000
 
@@ -60,6 +61,7 @@ def transition_time(at: datetime, last_change: datetime | None) -> datetime:
 def write_transitions(transitions: Sequence[Transition], reason: str) -> None:
     """Record transitions (their rows already hold the new status): one INSERT whatever their number."""
     insert_transitions(transitions, reason[:200])
+    count_transitions(t.to_status for t in transitions)
 
 
 def stage(device: Device, changes: dict[str, Any], at: datetime) -> Transition | None:

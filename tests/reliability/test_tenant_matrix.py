@@ -46,6 +46,15 @@ URL_CLASSES = {
     "device-api-state-report": "device-api",
     "device-api-vpn-connect": "device-api",
     "device-api-vpn-disconnect": "device-api",
+    # The read API takes tokens only (its own matrix: tests/test_readapi_tenants.py).
+    "readapi:openapi": "public",
+    "readapi:devices": "device-api",
+    "readapi:device": "device-api",
+    "readapi:history": "device-api",
+    "readapi:fleets": "device-api",
+    "readapi:metrics": "metrics",
+    "readapi:tokens": "account-page",
+    "readapi:revoke": "account-post",
 }
 
 
@@ -195,6 +204,13 @@ def non_admin_cases(world) -> tuple[list[Case], list[str]]:
             concrete = re.sub(r"<str:uuid>", mine.uuid, url)
             cases += [Case(concrete, v, -401) for v in VISITORS]
             cases += [Case(concrete, v, -401, method="post") for v in VISITORS]
+        elif cls == "metrics":
+            cases += [Case(url, v, 404) for v in VISITORS]  # FLEETSTATUS_METRICS_TOKEN is not set
+        elif cls == "account-page":
+            cases += [Case(url, v, 302, redirect_to="/login/") if v == "anon" else Case(url, v, 200) for v in VISITORS]
+        elif cls == "account-post":
+            concrete = re.sub(r"<int:\w+>", "1", url)
+            cases += [Case(concrete, v, 302 if v == "anon" else 405) for v in VISITORS]
     return cases, unclassified
 
 
