@@ -14,8 +14,6 @@ for /metrics are kept per fleet and status, so its cost follows the number of fl
 from __future__ import annotations
 
 import json
-import os
-import sys
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # imported by the functions: `python -m benchmarks.readapi` sets Django up first
@@ -105,46 +103,3 @@ def p11(ctx: Context) -> list[Row]:
             t.details(),
         )
     ]
-
-
-def main() -> int:
-    """Seed the read API's plan if needed and print P10 and P11 (one command, shared-machine sized)."""
-    import argparse
-
-    from benchmarks import cli
-
-    os.environ.setdefault("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/fs_h6_bench")
-    os.environ.setdefault("REDIS_URL", "redis://127.0.0.1:6379/7")
-    cli.configure_environment()
-    cli.ensure_database()
-    import django
-
-    django.setup()
-    from django.core.management import call_command
-
-    from benchmarks import report, seed
-    from benchmarks.context import Context
-
-    plan = seed._plan(
-        "readapi",
-        large=100_000,
-        large_fleets=100,
-        other_devices=[3_000] * 8,
-        other_fleets=[112] * 7 + [106],
-        due=1_000,
-    )
-    call_command("migrate", verbosity=0, interactive=False)
-    if seed.is_seeded(plan):
-        cli.log(f"reusing the {plan.name!r} data seeded at {seed.get_meta('seed')['seeded_at']}")
-    else:
-        seed.seed_and_record(plan, log=cli.log)
-    args = argparse.Namespace(load_seconds=None, profile=False)
-    ctx = Context.load(plan=plan, args=args, log=cli.log)
-    rows = p10(ctx) + p11(ctx)
-    cli.log("\n" + report.table(rows))
-    cli.log("\n" + report.machine_text(report.machine()))
-    return 0 if all(r.ok for r in rows) else 1
-
-
-if __name__ == "__main__":
-    sys.exit(main())

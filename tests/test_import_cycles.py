@@ -13,7 +13,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-PACKAGES = ("devices", "fleets", "fleetstatus", "simulator", "benchmarks")
+# Every top-level package of the repository (apps, the project, the simulator, the benchmarks).
+PACKAGES = tuple(sorted(p.parent.name for p in ROOT.glob("*/__init__.py") if p.parent.name != "tests"))
 
 
 def project_modules() -> dict[str, Path]:
