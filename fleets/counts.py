@@ -97,7 +97,9 @@ def trigger_names(connection=default_connection) -> list[str]:
 def installed_triggers(connection=default_connection) -> set[str]:
     with connection.cursor() as cur:
         if connection.vendor == "postgresql":
-            cur.execute("SELECT tgname FROM pg_trigger WHERE tgrelid = to_regclass(%s) AND NOT tgisinternal", [DEVICES])
+            cur.execute(
+                "SELECT tgname FROM pg_trigger WHERE tgrelid = to_regclass(%s) AND NOT tgisinternal", [DEVICES]
+            )
         else:
             cur.execute("SELECT name FROM sqlite_master WHERE type = 'trigger' AND tbl_name = %s", [DEVICES])
         return {name for (name,) in cur.fetchall()}
