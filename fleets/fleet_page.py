@@ -1,0 +1,199 @@
+"""The fleet page (/fleets/<org>/<fleet>/): counts now, a stacked-area chart over time, incidents.
+
+The chart is SVG drawn by the template from points computed here (no chart library). Its data are
+the fleet's count snapshots (fleets/history.py): the page reads them in one query whatever the
+fleet's size, so a 100,000-device fleet costs the same queries as a 3-device one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from urllib.parse import urlencode
+
+from django.http import Http404, HttpRequest, HttpResponse
+from django.urls import reverse
+from django.utils import timezone
+
+from devices.queries import user_organizations
+from devices.status import Status
+from devices.views import dashboard_view, render_page
+from fleets import history
+from fleets.counts import status_counts
+from fleets.history import STATUS_SLUGS, Point
+from fleets.models import Fleet
+
+# URL value -> (label, span, width of one chart column).
+RANGES: dict[str, tuple[str, timedelta, timedelta]] = {
+    "24h": ("24 hours", timedelta(hours=24), timedelta(minutes=10)),
+    "7d": ("7 days", timedelta(days=7), timedelta(hours=1)),
+    "30d": ("30 days", timedelta(days=30), timedelta(hours=4)),
+}
+DEFAULT_RANGE = "24h"
+# An incident: the share of active (not Inactive) devices that are not Online is above this.
+INCIDENT_SHARE = 0.10
+CHART_WIDTH = 720
+CHART_HEIGHT = 200
+LABELS = {slug: Status(slug).label for slug in STATUS_SLUGS}
+
+
+@dataclass
+class Column:
+    """One chart column: the worst moment (highest share not Online) of [start, end)."""
+
+    start: datetime
+    end: datetime
+    point: Point | None
+
+    @property
+    def counts(self) -> dict[str, int]:
+        return self.point.counts if self.point else dict.fromkeys(STATUS_SLUGS, 0)
+
+    @property
+    def share_percent(self) -> float | None:
+        return round(100 * self.point.share, 1) if self.point else None
+
+
+@dataclass
+class Incident:
+    start: datetime
+    end: datetime | None  # None: still going on
+    peak: float
+    peak_at: datetime
+    from_range_start: bool  # it had started before the range did
+
+    @property
+    def peak_percent(self) -> float:
+        return round(100 * self.peak, 1)
+
+
+def columns(points: list[Point], start: datetime, end: datetime, step: timedelta) -> list[Column]:
+    """Split [start, end] into columns of `step`; each shows its worst moment, so a short outage is
+    never averaged away. A column before the first snapshot has no data (point None)."""
+    count = max(1, round((end - start) / step))
+    result = []
+    state: Point | None = None
+    i = 0
+    for n in range(count):
+        col_start = start + n * step
+        col_end = end if n == count - 1 else col_start + step
+        candidates = [state] if state else []
+        while i < len(points) and (points[i].at < col_end or n == count - 1):
+            state = points[i]
+            candidates.append(state)
+            i += 1
+        worst = max(candidates, key=lambda p: p.share) if candidates else None
+        result.append(Column(col_start, col_end, worst))
+    return result
+
+
+def incidents(points: list[Point], start: datetime, threshold: float = INCIDENT_SHARE) -> list[Incident]:
+    """Periods in which the share not Online was above `threshold`, oldest first (`points` from
+    history.series(), which moves the snapshot in force at `start` to `start`)."""
+    found: list[Incident] = []
+    current: Incident | None = None
+    for point in points:
+        if point.share > threshold:
+            if current is None:
+                current = Incident(point.at, None, point.share, point.at, from_range_start=point.at <= start)
+            elif point.share > current.peak:
+                current.peak, current.peak_at = point.share, point.at
+        elif current is not None:
+            current.end = point.at
+            found.append(current)
+            current = None
+    if current is not None:
+        found.append(current)
+    return found
+
+
+def chart(cols: list[Column]) -> dict:
+    """SVG geometry: one polygon per status (stacked in the badge order) and one hover target per column."""
+    top = max((sum(c.counts.values()) for c in cols), default=0) or 1
+    width = CHART_WIDTH / len(cols)
+    scale = CHART_HEIGHT / top
+
+    def y(value: int) -> str:
+        return f"{CHART_HEIGHT - value * scale:.1f}"
+
+    lower = [0] * len(cols)
+    areas = []
+    for slug in STATUS_SLUGS:
+        values = [c.counts[slug] for c in cols]
+        if not any(values):
+            continue
+        upper = [low + v for low, v in zip(lower, values, strict=True)]
+        edge = []
+        for n, value in enumerate(upper):
+            edge += [f"{n * width:.1f},{y(value)}", f"{(n + 1) * width:.1f},{y(value)}"]
+        back = []
+        for n in range(len(cols) - 1, -1, -1):
+            back += [f"{(n + 1) * width:.1f},{y(lower[n])}", f"{n * width:.1f},{y(lower[n])}"]
+        areas.append({"slug": slug, "label": LABELS[slug], "points": " ".join(edge + back)})
+        lower = upper
+    targets = [
+        {
+            "x": f"{n * width:.1f}",
+            "width": f"{width:.1f}",
+            "column": c,
+            "title": _column_title(c),
+        }
+        for n, c in enumerate(cols)
+    ]
+    ticks = [{"y": y(v), "value": v} for v in sorted({0, top // 2, top})]
+    return {"areas": areas, "targets": targets, "ticks": ticks, "width": CHART_WIDTH, "height": CHART_HEIGHT}
+
+
+def _column_title(col: Column) -> str:
+    when = f"{col.start.astimezone(UTC):%Y-%m-%d %H:%M}–{col.end.astimezone(UTC):%H:%M} UTC"
+    if col.point is None:
+        return f"{when}: no data"
+    parts = [f"{LABELS[s]} {n}" for s, n in col.counts.items() if n]
+    return f"{when}: " + (", ".join(parts) if parts else "no devices") + f" ({col.share_percent}% not online)"
+
+
+@dashboard_view
+def fleet_detail(request: HttpRequest, org_slug: str, fleet_slug: str) -> HttpResponse:
+    organization = next((o for o in user_organizations(request) if o.slug == org_slug), None)
+    if organization is None:
+        raise Http404("No such fleet in your organizations.")
+    fleet = Fleet.objects.filter(organization=organization, slug=fleet_slug).first()
+    if fleet is None:
+        raise Http404("No such fleet in your organizations.")
+    notices = []
+    range_key = request.GET.get("range", "").strip() or DEFAULT_RANGE
+    if range_key not in RANGES:
+        notices.append(
+            f"Cannot show the range {range_key[:20]!r}; showing {RANGES[DEFAULT_RANGE][0]}. "
+            f"Ranges: {', '.join(RANGES)}."
+        )
+        range_key = DEFAULT_RANGE
+    label, span, step = RANGES[range_key]
+    now = timezone.now()
+    start = now - span
+    counts = status_counts([organization.pk], [fleet.pk])
+    # The kept counts (with pending deltas) are the newest point: the chart ends at "now".
+    points = [*history.series(fleet.pk, start, now), Point(now, counts)]
+    cols = columns(points, start, now, step)
+    shown = [s for s in STATUS_SLUGS if counts[s] or any(c.counts[s] for c in cols)]
+    devices_url = f"{reverse('devices:list')}?{urlencode({'fleet': f'{organization.slug}/{fleet.slug}'}, safe='/')}"
+    total = sum(counts.values())
+    context = {
+        "page_name": fleet.name,
+        "now": now,
+        "fleet": fleet,
+        "organization": organization,
+        "counts": [{"slug": s, "label": LABELS[s], "n": counts[s]} for s in STATUS_SLUGS if counts[s]],
+        "total": total,
+        "devices_url": devices_url,
+        "range_key": range_key,
+        "range_label": label,
+        "range_links": [{"key": k, "label": v[0], "selected": k == range_key} for k, v in RANGES.items()],
+        "chart": chart(cols),
+        "table_statuses": [{"slug": s, "label": LABELS[s]} for s in shown],
+        "table_rows": [{"column": c, "cells": [c.counts[s] for s in shown]} for c in cols],
+        "incidents": incidents(points, start),
+        "incident_percent": round(100 * INCIDENT_SHARE),
+        "notices": notices,
+    }
+    return render_page(request, "fleets/detail.html", "fleets/_detail_live.html", context)
