@@ -23,11 +23,12 @@ from fleets.counts import status_counts
 from fleets.history import STATUS_SLUGS, Point
 from fleets.models import Fleet
 
-# URL value -> (label, span, width of one chart column).
+# URL value -> (label, span, width of one chart column). About a hundred columns: 7 px each on the
+# page, and a table a screen-reader user can still go through.
 RANGES: dict[str, tuple[str, timedelta, timedelta]] = {
-    "24h": ("24 hours", timedelta(hours=24), timedelta(minutes=10)),
-    "7d": ("7 days", timedelta(days=7), timedelta(hours=1)),
-    "30d": ("30 days", timedelta(days=30), timedelta(hours=4)),
+    "24h": ("24 hours", timedelta(hours=24), timedelta(minutes=15)),
+    "7d": ("7 days", timedelta(days=7), timedelta(hours=2)),
+    "30d": ("30 days", timedelta(days=30), timedelta(hours=6)),
 }
 DEFAULT_RANGE = "24h"
 # An incident: the share of active (not Inactive) devices that are not Online is above this.
@@ -67,48 +68,56 @@ class Incident:
         return round(100 * self.peak, 1)
 
 
-def columns(points: list[Point], start: datetime, end: datetime, step: timedelta) -> list[Column]:
-    """Split [start, end] into columns of `step`; each shows its worst moment, so a short outage is
-    never averaged away. A column before the first snapshot has no data (point None)."""
+def columns(
+    pairs: dict[int, tuple[Point, Point]], start: datetime, end: datetime, step: timedelta, now_point: Point
+) -> list[Column]:
+    """The columns of [start, end], from history.column_points(): each shows its worst moment, the
+    counts in force when it began included, so a short outage is never averaged away. A column
+    before the fleet's first snapshot has no data (point None); the last one includes `now_point`."""
     count = max(1, round((end - start) / step))
     result = []
     state: Point | None = None
-    i = 0
     for n in range(count):
         col_start = start + n * step
         col_end = end if n == count - 1 else col_start + step
         candidates = [state] if state else []
-        while i < len(points) and (points[i].at < col_end or n == count - 1):
-            state = points[i]
-            candidates.append(state)
-            i += 1
-        worst = max(candidates, key=lambda p: p.share) if candidates else None
-        result.append(Column(col_start, col_end, worst))
+        # A snapshot exactly at `end` computes to column `count`: it belongs to the last one.
+        for key in (n, count) if n == count - 1 else (n,):
+            if key in pairs:
+                worst, state = pairs[key]
+                candidates.append(worst)
+        if n == count - 1:
+            candidates.append(now_point)
+        worst_point = max(candidates, key=lambda p: p.share) if candidates else None
+        result.append(Column(col_start, col_end, worst_point))
     return result
 
 
-def incidents(points: list[Point], start: datetime, threshold: float = INCIDENT_SHARE) -> list[Incident]:
-    """Periods in which the share not Online was above `threshold`, oldest first (`points` from
-    history.series(), which moves the snapshot in force at `start` to `start`)."""
-    found: list[Incident] = []
-    current: Incident | None = None
-    for point in points:
-        if point.share > threshold:
-            if current is None:
-                current = Incident(point.at, None, point.share, point.at, from_range_start=point.at <= start)
-            elif point.share > current.peak:
-                current.peak, current.peak_at = point.share, point.at
-        elif current is not None:
-            current.end = point.at
-            found.append(current)
-            current = None
-    if current is not None:
-        found.append(current)
+def incidents(
+    periods: list[history.Period], start: datetime, now_point: Point, threshold: float = INCIDENT_SHARE
+) -> list[Incident]:
+    """The periods above `threshold` as incidents, oldest first; `now_point` (the kept counts now)
+    ends the last one or starts a new one."""
+    found = []
+    for n, period in enumerate(periods):
+        if period.above:
+            end = periods[n + 1].start if n + 1 < len(periods) else None
+            found.append(Incident(period.start, end, period.peak, period.peak_at, period.start <= start))
+    now_above = now_point.share > threshold
+    last = found[-1] if found and found[-1].end is None else None
+    if last and not now_above:
+        last.end = now_point.at
+    elif last and now_point.share > last.peak:
+        last.peak, last.peak_at = now_point.share, now_point.at
+    elif not last and now_above:
+        found.append(Incident(now_point.at, None, now_point.share, now_point.at, False))
     return found
 
 
-def chart(cols: list[Column]) -> dict:
-    """SVG geometry: one polygon per status (stacked in the badge order) and one hover target per column."""
+def chart(cols: list[Column], statuses: list[str]) -> dict:
+    """SVG geometry: one polygon per status (stacked in the badge order) and, per column, its hover
+    target, its title and its table row (strings made here: formatting dates in the template for
+    each of 180 columns cost more than the rest of the page)."""
     top = max((sum(c.counts.values()) for c in cols), default=0) or 1
     width = CHART_WIDTH / len(cols)
     scale = CHART_HEIGHT / top
@@ -116,6 +125,7 @@ def chart(cols: list[Column]) -> dict:
     def y(value: int) -> str:
         return f"{CHART_HEIGHT - value * scale:.1f}"
 
+    xs = [f"{n * width:.1f}" for n in range(len(cols) + 1)]
     lower = [0] * len(cols)
     areas = []
     for slug in STATUS_SLUGS:
@@ -123,25 +133,35 @@ def chart(cols: list[Column]) -> dict:
         if not any(values):
             continue
         upper = [low + v for low, v in zip(lower, values, strict=True)]
-        edge = []
-        for n, value in enumerate(upper):
-            edge += [f"{n * width:.1f},{y(value)}", f"{(n + 1) * width:.1f},{y(value)}"]
-        back = []
-        for n in range(len(cols) - 1, -1, -1):
-            back += [f"{(n + 1) * width:.1f},{y(lower[n])}", f"{n * width:.1f},{y(lower[n])}"]
+        edge = [f"{xs[n + k]},{y(value)}" for n, value in enumerate(upper) for k in (0, 1)]
+        back = [f"{xs[n + k]},{y(lower[n])}" for n in range(len(cols) - 1, -1, -1) for k in (1, 0)]
         areas.append({"slug": slug, "label": LABELS[slug], "points": " ".join(edge + back)})
         lower = upper
-    targets = [
-        {
-            "x": f"{n * width:.1f}",
-            "width": f"{width:.1f}",
-            "column": c,
-            "title": _column_title(c),
-        }
-        for n, c in enumerate(cols)
-    ]
-    ticks = [{"y": y(v), "value": v} for v in sorted({0, top // 2, top})]
-    return {"areas": areas, "targets": targets, "ticks": ticks, "width": CHART_WIDTH, "height": CHART_HEIGHT}
+    rows = []
+    for n, c in enumerate(cols):
+        start = c.start.astimezone(UTC)
+        rows.append(
+            {
+                "x": xs[n],
+                "width": f"{width:.1f}",
+                "iso": start.isoformat(timespec="seconds"),
+                "label": f"{start:%Y-%m-%d %H:%M}",
+                "title": _column_title(c),
+                # Strings, not ints: the template engine localizes every number it prints.
+                "cells": [str(c.counts[s]) for s in statuses] if c.point else None,
+                "share": str(c.share_percent),
+            }
+        )
+    ticks = [{"y": y(v), "value": str(v)} for v in sorted({0, top // 2, top})]
+    return {
+        "areas": areas,
+        "rows": rows,
+        "ticks": ticks,
+        "width": CHART_WIDTH,
+        "height": CHART_HEIGHT,
+        "first": f"{cols[0].start.astimezone(UTC):%b %-d %H:%M}",
+        "last": f"{cols[-1].end.astimezone(UTC):%b %-d %H:%M}",
+    }
 
 
 def _column_title(col: Column) -> str:
@@ -173,8 +193,8 @@ def fleet_detail(request: HttpRequest, org_slug: str, fleet_slug: str) -> HttpRe
     start = now - span
     counts = status_counts([organization.pk], [fleet.pk])
     # The kept counts (with pending deltas) are the newest point: the chart ends at "now".
-    points = [*history.series(fleet.pk, start, now), Point(now, counts)]
-    cols = columns(points, start, now, step)
+    now_point = Point(now, counts)
+    cols = columns(history.column_points(fleet.pk, start, now, step), start, now, step, now_point)
     shown = [s for s in STATUS_SLUGS if counts[s] or any(c.counts[s] for c in cols)]
     devices_url = f"{reverse('devices:list')}?{urlencode({'fleet': f'{organization.slug}/{fleet.slug}'}, safe='/')}"
     total = sum(counts.values())
@@ -189,10 +209,9 @@ def fleet_detail(request: HttpRequest, org_slug: str, fleet_slug: str) -> HttpRe
         "range_key": range_key,
         "range_label": label,
         "range_links": [{"key": k, "label": v[0], "selected": k == range_key} for k, v in RANGES.items()],
-        "chart": chart(cols),
+        "chart": chart(cols, shown),
         "table_statuses": [{"slug": s, "label": LABELS[s]} for s in shown],
-        "table_rows": [{"column": c, "cells": [c.counts[s] for s in shown]} for c in cols],
-        "incidents": incidents(points, start),
+        "incidents": incidents(history.periods(fleet.pk, start, now, INCIDENT_SHARE), start, now_point),
         "incident_percent": round(100 * INCIDENT_SHARE),
         "notices": notices,
     }

@@ -9,14 +9,15 @@
   says what its counts have been since).
 - A snapshot holds from its `at` until the fleet's next one. The hourly roll-up keeps the hour's
   worst minute (the highest share not Online): a short outage a month ago still shows on the chart.
-- series(): a fleet's snapshots over a range, for the fleet page (fleets/fleet_page.py).
+- column_points() and periods(): what the fleet page (fleets/fleet_page.py) draws, computed in SQL
+  so the page reads a few hundred rows whatever the number of snapshots in its range.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 from django.conf import settings
 from django.db import connection as default_connection
@@ -169,15 +170,129 @@ def _point(row: Sequence) -> Point:
     return Point(row[0], dict(zip(STATUS_SLUGS, row[1:], strict=True)))
 
 
-def series(fleet_id: int, start: datetime, end: datetime) -> list[Point]:
-    """The fleet's snapshots in (start, end], preceded by the one in force at `start` (if any),
-    whose time is moved to `start`. One query."""
-    fields = ("at", *COLUMNS.values())
-    inside = FleetCountSnapshot.objects.filter(fleet_id=fleet_id, at__gt=start, at__lte=end)
-    before = FleetCountSnapshot.objects.filter(fleet_id=fleet_id, at__lte=start).order_by("-at")[:1]
-    rows = list(before.values_list(*fields).union(inside.values_list(*fields), all=True))
-    rows.sort(key=lambda r: r[0])
-    points = [_point(r) for r in rows]
-    if points and points[0].at <= start:
-        points[0] = Point(start, points[0].counts)
-    return points
+_ACTIVE = " + ".join(col for slug, col in COLUMNS.items() if slug != Status.INACTIVE)
+_SHARE = f"coalesce(CAST({_ACTIVE} - online AS DOUBLE PRECISION) / NULLIF({_ACTIVE}, 0), 0)"
+# PostgreSQL: a row's values as one float array, so that max() over arrays (compared element by
+# element) picks a whole row by its first elements in a hash aggregate, without sorting the range.
+_FLOATS = ", ".join(f"{col}::float8" for col in COLUMNS.values())
+
+
+def _source(fleet_id: int, start: datetime, end: datetime, connection) -> tuple[str, list]:
+    """The fleet's snapshots in (start, end], preceded by the one in force at `start`, moved to
+    `start`; with each row's share not Online. Read by index (fleet_id, at) only."""
+    ops = connection.ops
+    lo, hi = ops.adapt_datetimefield_value(start), ops.adapt_datetimefield_value(end)
+    if connection.vendor == "postgresql":
+        at = "%s::timestamptz"
+    else:
+        at = "%s"
+    sql = f"""SELECT at, {_COLUMN_LIST}, {_SHARE} AS share FROM (
+                  SELECT * FROM (SELECT {at} AS at, {_COLUMN_LIST} FROM {SNAPSHOTS}
+                                 WHERE fleet_id = %s AND at <= %s ORDER BY at DESC LIMIT 1) AS carried
+                  UNION ALL
+                  SELECT at, {_COLUMN_LIST} FROM {SNAPSHOTS} WHERE fleet_id = %s AND at > %s AND at <= %s
+              ) AS snapshots"""
+    return sql, [lo, fleet_id, lo, fleet_id, lo, hi]
+
+
+def column_points(
+    fleet_id: int, start: datetime, end: datetime, step: timedelta, connection=default_connection
+) -> dict[int, tuple[Point, Point]]:
+    """{column: (its worst point, its latest point)} for columns of `step` from `start`; one query
+    that returns at most two rows per column, however many snapshots the range holds."""
+    source, params = _source(fleet_id, start, end, connection)
+    if connection.vendor == "postgresql":
+        return _column_points_pg(source, params, start, step, connection)
+    column = "CAST((julianday(at) - julianday(%s)) * 86400.0 / %s AS INTEGER)"
+    sql = f"""SELECT col, worst = 1, latest = 1, at, {_COLUMN_LIST} FROM (
+                  SELECT s.*, row_number() OVER (PARTITION BY col ORDER BY share DESC, at DESC) AS worst,
+                              row_number() OVER (PARTITION BY col ORDER BY at DESC) AS latest
+                  FROM (SELECT {column} AS col, src.* FROM ({source}) AS src) AS s
+              ) AS ranked WHERE worst = 1 OR latest = 1"""
+    found: dict[int, list[Point]] = {}
+    with connection.cursor() as cur:
+        cur.execute(sql, [connection.ops.adapt_datetimefield_value(start), step.total_seconds(), *params])
+        convert = _datetime_converter(connection)
+        for col, is_worst, is_latest, at, *counts in cur.fetchall():
+            point = _point([convert(at), *counts])
+            pair = found.setdefault(int(col), [point, point])
+            if is_worst:
+                pair[0] = point
+            if is_latest:
+                pair[1] = point
+    return {col: (worst, latest) for col, (worst, latest) in found.items()}
+
+
+def _column_points_pg(source: str, params: list, start: datetime, step: timedelta, connection):
+    sql = f"""SELECT col, max(ARRAY[share, ep, {_FLOATS}]), max(ARRAY[ep, share, {_FLOATS}]) FROM (
+                  SELECT floor((ep - %s) / %s)::int AS col, * FROM (
+                      SELECT extract(epoch FROM at)::float8 AS ep, src.* FROM ({source}) AS src) AS e
+              ) AS c GROUP BY col"""
+    with connection.cursor() as cur:
+        cur.execute(sql, [start.timestamp(), step.total_seconds(), *params])
+        rows = cur.fetchall()
+
+    def point(epoch: float, counts: Sequence[float]) -> Point:
+        return Point(datetime.fromtimestamp(epoch, UTC), dict(zip(STATUS_SLUGS, map(int, counts), strict=True)))
+
+    return {col: (point(worst[1], worst[2:]), point(latest[0], latest[2:])) for col, worst, latest in rows}
+
+
+@dataclass(frozen=True)
+class Period:
+    """A stretch of snapshots all above (`above`) or all at or below the threshold, from `start`."""
+
+    start: datetime
+    above: bool
+    peak: float
+    peak_at: datetime
+
+
+def periods(
+    fleet_id: int, start: datetime, end: datetime, threshold: float, connection=default_connection
+) -> list[Period]:
+    """The range cut where the share not Online crosses `threshold`, oldest first; one query that
+    returns one row per period (gaps-and-islands over the snapshots)."""
+    source, params = _source(fleet_id, start, end, connection)
+    if connection.vendor == "postgresql":
+        return _periods_pg(source, params, threshold, connection)
+    sql = f"""WITH s AS (SELECT at, share, CASE WHEN share > %s THEN 1 ELSE 0 END AS above FROM ({source}) AS src),
+                   e AS (SELECT at, share, above,
+                                CASE WHEN above = lag(above, 1, -1) OVER (ORDER BY at) THEN 0 ELSE 1 END AS edge
+                         FROM s),
+                   g AS (SELECT at, share, above, sum(edge) OVER (ORDER BY at ROWS UNBOUNDED PRECEDING) AS grp FROM e),
+                   r AS (SELECT at, share, above, grp,
+                                row_number() OVER (PARTITION BY grp ORDER BY share DESC, at) AS rank,
+                                min(at) OVER (PARTITION BY grp) AS first_at
+                         FROM g)
+              SELECT first_at, above, share, at FROM r WHERE rank = 1 ORDER BY first_at"""
+    with connection.cursor() as cur:
+        cur.execute(sql, [threshold, *params])
+        rows = cur.fetchall()
+    convert = _datetime_converter(connection)
+    return [Period(convert(first), bool(above), float(share), convert(at)) for first, above, share, at in rows]
+
+
+def _periods_pg(source: str, params: list, threshold: float, connection) -> list[Period]:
+    # Both windows share one order (one sort); the peak of each period is its max (share, -time).
+    sql = f"""WITH s AS (SELECT extract(epoch FROM at)::float8 AS ep, share, share > %s AS above FROM ({source}) AS src),
+                   e AS (SELECT ep, share, above,
+                                CASE WHEN above IS NOT DISTINCT FROM lag(above) OVER (ORDER BY ep) THEN 0 ELSE 1 END
+                                AS edge FROM s),
+                   g AS (SELECT ep, share, above, sum(edge) OVER (ORDER BY ep ROWS UNBOUNDED PRECEDING) AS grp FROM e)
+              SELECT min(ep), bool_or(above), max(ARRAY[share, -ep]) FROM g GROUP BY grp ORDER BY 1"""
+    with connection.cursor() as cur:
+        cur.execute(sql, [threshold, *params])
+        rows = cur.fetchall()
+    return [
+        Period(datetime.fromtimestamp(first, UTC), above, peak, datetime.fromtimestamp(-at, UTC))
+        for first, above, (peak, at) in rows
+    ]
+
+
+def _datetime_converter(connection):
+    if connection.vendor == "postgresql":
+        return lambda value: value
+    from django.utils.dateparse import parse_datetime
+
+    return lambda value: value if isinstance(value, datetime) else parse_datetime(value).replace(tzinfo=UTC)

@@ -112,15 +112,40 @@ def test_compact_task(org, fleet):
         assert compact_fleet_history.apply().get() == {"rolled_up": 0, "pruned": 1}
 
 
-def test_series_carries_the_snapshot_in_force_at_the_start(org, fleet):
-    start = T0 - timedelta(hours=24)
-    for hours, on in ((-30, 1), (-26, 2), (-2, 3)):
+def test_column_points_worst_and_latest_per_column_with_the_carried_snapshot(org, fleet):
+    start = T0 - timedelta(hours=1)
+    for minutes, on, off in ((-90, 1, 0), (-80, 2, 0), (5, 3, 1), (7, 3, 3), (8, 4, 0), (25, 5, 0), (60, 6, 0)):
+        snapshot = FleetCountSnapshot(organization_id=org.pk, fleet_id=fleet.pk, online=on, offline=off)
+        snapshot.at = start + timedelta(minutes=minutes)
+        snapshot.save()
+    pairs = history.column_points(fleet.pk, start, T0, timedelta(minutes=10))
+    simple = {
+        col: ((w.at, w.counts["online"], w.counts["offline"]), (last.at, last.counts["online"]))
+        for col, (w, last) in pairs.items()
+    }
+    assert simple == {
+        0: ((start + timedelta(minutes=7), 3, 3), (start + timedelta(minutes=8), 4)),  # the carried 2/0 is at `start`
+        2: ((start + timedelta(minutes=25), 5, 0), (start + timedelta(minutes=25), 5)),
+        6: ((T0, 6, 0), (T0, 6)),  # exactly at the end: the fleet page counts it in the last column
+    }
+    assert history.column_points(fleet.pk, T0 - timedelta(days=40), T0 - timedelta(days=35), timedelta(hours=4)) == {}
+
+
+def test_periods_cut_the_range_where_the_share_crosses_the_threshold(org, fleet):
+    start = T0 - timedelta(hours=10)
+    for hours, on, off in ((-12, 5, 5), (-9, 10, 0), (-6, 9, 1), (-5, 8, 2), (-4, 6, 4), (-3, 10, 0), (-1, 7, 3)):
         FleetCountSnapshot.objects.create(
-            organization_id=org.pk, fleet_id=fleet.pk, at=T0 + timedelta(hours=hours), online=on
+            organization_id=org.pk, fleet_id=fleet.pk, at=T0 + timedelta(hours=hours), online=on, offline=off
         )
-    points = history.series(fleet.pk, start, T0)
-    assert [(p.at, p.counts["online"]) for p in points] == [(start, 2), (T0 - timedelta(hours=2), 3)]
-    assert history.series(fleet.pk, T0 - timedelta(days=40), T0 - timedelta(days=35)) == []
+    found = [(p.start, p.above, round(p.peak, 2), p.peak_at) for p in history.periods(fleet.pk, start, T0, 0.1)]
+    h = lambda n: T0 + timedelta(hours=n)  # noqa: E731
+    assert found == [
+        (start, True, 0.5, start),  # 5/5 was in force when the range began
+        (h(-9), False, 0.1, h(-6)),  # exactly 10 % is not above
+        (h(-5), True, 0.4, h(-4)),
+        (h(-3), False, 0.0, h(-3)),
+        (h(-1), True, 0.3, h(-1)),
+    ]
 
 
 def test_point_share_counts_active_devices_only():

@@ -11,7 +11,7 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
 from fleets import counts, fleet_page
-from fleets.history import STATUS_SLUGS, Point
+from fleets.history import STATUS_SLUGS, Period, Point
 from fleets.models import FleetCountSnapshot
 from tests.dashboard_helpers import device_in, html
 
@@ -63,16 +63,16 @@ def test_chart_areas_hover_titles_and_table(owner_client, history):
     body = html(get(owner_client))
     areas = re.findall(r'<polygon class="chart__area seg--([a-z-]+)" data-area="[a-z-]+" points="([^"]+)"', body)
     assert [slug for slug, _ in areas] == ["online", "offline"]
-    # 144 columns of 10 minutes, two points per column edge on the top line and two on the bottom.
-    assert all(len(points.split()) == 4 * 144 for _, points in areas)
+    # 96 columns of 15 minutes, two points per column edge on the top line and two on the bottom.
+    assert all(len(points.split()) == 4 * 96 for _, points in areas)
     titles = re.findall(r'<rect class="chart__hit"[^>]*><title>([^<]+)</title>', body)
-    assert len(titles) == 144
+    assert len(titles) == 96
     # Each column shows its worst moment: 5/5 from 06:00, 4/6 from 06:30; the day before, 9/1.
-    assert "2026-11-20 06:00–06:10 UTC: Online 5, Offline 5 (50.0% not online)" in titles
-    assert "2026-11-20 06:30–06:40 UTC: Online 4, Offline 6 (60.0% not online)" in titles
-    assert "2026-11-19 12:00–12:10 UTC: Online 9, Offline 1 (10.0% not online)" in titles
+    assert "2026-11-20 06:00–06:15 UTC: Online 5, Offline 5 (50.0% not online)" in titles
+    assert "2026-11-20 06:30–06:45 UTC: Online 4, Offline 6 (60.0% not online)" in titles
+    assert "2026-11-19 12:00–12:15 UTC: Online 9, Offline 1 (10.0% not online)" in titles
     rows = re.findall(r"<tr><th scope=\"row\"><time[^>]*>([^<]+)</time></th>(.*?)</tr>", body)
-    assert len(rows) == 144
+    assert len(rows) == 96
     assert dict(rows)["2026-11-20 06:30"] == "<td>4</td><td>6</td><td>60.0 %</td>"
 
 
@@ -97,14 +97,14 @@ def test_an_ongoing_incident(owner_client, org, fleet, history, make_device):
 
 def test_range_switch_and_bad_range(owner_client, history):
     body = html(get(owner_client, URL + "?range=7d"))
-    assert 'data-range="7d"' in body and len(re.findall(r'class="chart__hit"', body)) == 168
+    assert 'data-range="7d"' in body and len(re.findall(r'class="chart__hit"', body)) == 84
     assert 'aria-current="true">7 days' in body
     month = html(get(owner_client, URL + "?range=30d"))
-    assert len(re.findall(r'class="chart__hit"', month)) == 180
+    assert len(re.findall(r'class="chart__hit"', month)) == 120
     bad = get(owner_client, URL + "?range=1y")
     assert bad.status_code == 200
     assert "Cannot show the range &#x27;1y&#x27;; showing 24 hours." in html(bad)
-    assert len(re.findall(r'class="chart__hit"', html(bad))) == 144
+    assert len(re.findall(r'class="chart__hit"', html(bad))) == 96
 
 
 def test_columns_before_the_first_snapshot_have_no_data(owner_client, org, make_fleet, make_device):
@@ -113,7 +113,7 @@ def test_columns_before_the_first_snapshot_have_no_data(owner_client, org, make_
         device_in(make_device, "online", fleet=fresh)
         counts.fold()
     body = html(get(owner_client, "/fleets/northwind/fresh/"))
-    assert body.count('class="muted">no data</td>') == 138  # 23 h of the day before it existed
+    assert body.count('class="muted">no data</td>') == 92  # 23 h of the day before it existed
     assert "No incident in the last 24 hours." in body
 
 
@@ -151,25 +151,30 @@ def test_query_count_does_not_grow_with_devices_or_range(owner_client, org, flee
 
 def test_columns_keep_the_worst_moment_and_carry_state():
     start = NOW - timedelta(hours=1)
-    points = [
-        Point(start, counts_of(online=10)),
-        Point(start + timedelta(minutes=12), counts_of(online=5, offline=5)),
-        Point(start + timedelta(minutes=14), counts_of(online=10)),
-    ]
-    cols = fleet_page.columns(points, start, NOW, timedelta(minutes=10))
-    assert [c.counts["offline"] for c in cols] == [0, 5, 0, 0, 0, 0]
-    assert fleet_page.columns([], start, NOW, timedelta(minutes=30))[0].point is None
+    calm, storm = Point(start, counts_of(online=10)), Point(start, counts_of(online=5, offline=5))
+    # Column 1 saw the storm and ended calm; column 3 starts in a storm that column 4 carries on.
+    pairs = {0: (calm, calm), 1: (storm, calm), 3: (storm, storm)}
+    cols = fleet_page.columns(pairs, start, NOW, timedelta(minutes=10), Point(NOW, counts_of(online=9, offline=1)))
+    assert [c.counts["offline"] for c in cols] == [0, 5, 0, 5, 5, 5]
+    empty = fleet_page.columns({}, start, NOW, timedelta(minutes=30), Point(NOW, counts_of()))
+    assert [c.point is None for c in empty] == [True, False]  # the last column has the counts now
 
 
-def test_incidents_threshold_is_strictly_above_ten_percent():
+def test_incidents_from_periods_and_the_counts_now():
     start = NOW - timedelta(hours=3)
-    points = [
-        Point(start, counts_of(online=8, offline=2, inactive=50)),  # 20 % of active: already on
-        Point(start + timedelta(hours=1), counts_of(online=9, offline=1)),  # 10 %: over
-        Point(start + timedelta(hours=2), counts_of(online=1, frozen=1)),  # frozen is not online
+    h = lambda n: NOW + timedelta(hours=n)  # noqa: E731
+    periods = [
+        Period(start, True, 0.2, start),
+        Period(h(-2), False, 0.1, h(-2)),
+        Period(h(-1), True, 0.5, h(-1)),
     ]
-    found = fleet_page.incidents(points, start)
+    calm = Point(NOW, counts_of(online=10))
+    found = fleet_page.incidents(periods, start, calm)
     assert [(i.start, i.end, i.peak_percent, i.from_range_start) for i in found] == [
-        (start, start + timedelta(hours=1), 20.0, True),
-        (start + timedelta(hours=2), None, 50.0, False),
+        (start, h(-2), 20.0, True),
+        (h(-1), NOW, 50.0, False),  # over now: its end is now
     ]
+    worse = Point(NOW, counts_of(online=2, frozen=8))  # frozen is not online
+    assert fleet_page.incidents(periods, start, worse)[-1].end is None
+    assert fleet_page.incidents(periods, start, worse)[-1].peak_percent == 80.0
+    assert [(i.start, i.end) for i in fleet_page.incidents(periods[:2], start, worse)][-1] == (NOW, None)
