@@ -203,7 +203,8 @@ def column_points(
     source, params = _source(fleet_id, start, end, connection)
     if connection.vendor == "postgresql":
         return _column_points_pg(source, params, start, step, connection)
-    column = "CAST((julianday(at) - julianday(%s)) * 86400.0 / %s AS INTEGER)"
+    # Whole seconds (julianday()'s float put a snapshot at the end into the column before).
+    column = "CAST((CAST(strftime('%%s', at) AS INTEGER) - CAST(strftime('%%s', %s) AS INTEGER)) / %s AS INTEGER)"
     sql = f"""SELECT col, worst = 1, latest = 1, at, {_COLUMN_LIST} FROM (
                   SELECT s.*, row_number() OVER (PARTITION BY col ORDER BY share DESC, at DESC) AS worst,
                               row_number() OVER (PARTITION BY col ORDER BY at DESC) AS latest
@@ -291,8 +292,13 @@ def _periods_pg(source: str, params: list, threshold: float, connection) -> list
 
 
 def _datetime_converter(connection):
+    """Raw cursors on SQLite give naive datetimes (or text, for a parameter read back): make them aware."""
     if connection.vendor == "postgresql":
         return lambda value: value
     from django.utils.dateparse import parse_datetime
 
-    return lambda value: value if isinstance(value, datetime) else parse_datetime(value).replace(tzinfo=UTC)
+    def convert(value):
+        value = value if isinstance(value, datetime) else parse_datetime(value)
+        return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+    return convert
