@@ -116,8 +116,8 @@ def incidents(
 
 def chart(cols: list[Column], statuses: list[str]) -> dict:
     """SVG geometry: one polygon per status (stacked in the badge order) and, per column, its hover
-    target, its title and its table row (strings made here: formatting dates in the template for
-    each of 180 columns cost more than the rest of the page)."""
+    target, its title and its table row. Dates and numbers are formatted here, once per column:
+    the template engine's date and number filters, run for every column, were the page's largest cost."""
     top = max((sum(c.counts.values()) for c in cols), default=0) or 1
     width = CHART_WIDTH / len(cols)
     scale = CHART_HEIGHT / top
