@@ -33,6 +33,7 @@ from django.db import connection as default_connection
 from django.db import transaction
 
 from devices.status import Status
+from fleets import history
 
 COUNTS = "fleets_statuscount"
 DELTAS = "fleets_statuscountdelta"
@@ -161,14 +162,19 @@ def fold(connection=default_connection) -> int:
                                     SELECT organization_id, fleet_id, status, n FROM total WHERE n <> 0
                                     ON CONFLICT (organization_id, fleet_id, status)
                                     DO UPDATE SET n = {COUNTS}.n + EXCLUDED.n)
-                    SELECT coalesce(sum(rows), 0) FROM total"""
+                    SELECT coalesce(sum(rows), 0), array_agg(DISTINCT fleet_id) FILTER (WHERE n <> 0) FROM total"""
             )
         else:
             # SQLite has one writer at a time and increasing ids: everything up to the largest id
             # seen is folded and deleted in this one write transaction.
             cur.execute(f"SELECT max(id), count(*) FROM {DELTAS}")
             top, folded = cur.fetchone()
+            changed = []
             if top is not None:
+                cur.execute(
+                    f"SELECT fleet_id FROM {DELTAS} WHERE id <= %s GROUP BY fleet_id, status HAVING sum(n) <> 0", [top]
+                )
+                changed = [fleet_id for (fleet_id,) in cur.fetchall()]
                 cur.execute(
                     f"""INSERT INTO {COUNTS} (organization_id, fleet_id, status, n)
                         SELECT organization_id, fleet_id, status, sum(n) FROM {DELTAS} WHERE id <= %s
@@ -178,8 +184,9 @@ def fold(connection=default_connection) -> int:
                 )
                 cur.execute(f"DELETE FROM {DELTAS} WHERE id <= %s", [top])
         if connection.vendor == "postgresql":
-            (folded,) = cur.fetchone()
+            folded, changed = cur.fetchone()
         cur.execute(f"DELETE FROM {COUNTS} WHERE n = 0")
+        history.record(cur, changed or (), connection=connection)
     return int(folded or 0)
 
 

@@ -124,3 +124,38 @@ class StatusCountDelta(models.Model):
 
     def __str__(self) -> str:
         return f"fleet {self.fleet_id} {self.status}: {self.n:+d}"
+
+
+# --- Device counts per fleet over time (fleets/history.py) --------------------------------------------
+
+
+class FleetCountSnapshot(models.Model):
+    """A fleet's device count per status from `at` until its next snapshot.
+
+    One row per fleet and minute whose counts changed (written by every fold of the kept counts),
+    rolled up to one row per hour after a week, pruned with the transitions' retention. One integer
+    column per status, so a chart reads plain rows. No foreign keys, like the counts: the fold's
+    insert takes no lock on the fleet row.
+    """
+
+    id = models.BigAutoField(primary_key=True)
+    organization_id = models.BigIntegerField()
+    fleet_id = models.BigIntegerField()
+    at = models.DateTimeField()
+    online = models.IntegerField(default=0)
+    online_vpn_only = models.IntegerField(default=0)
+    online_heartbeat_only = models.IntegerField(default=0)
+    offline = models.IntegerField(default=0)
+    configuring = models.IntegerField(default=0)
+    updating = models.IntegerField(default=0)
+    post_provisioning = models.IntegerField(default=0)
+    inactive = models.IntegerField(default=0)
+    frozen = models.IntegerField(default=0)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["fleet_id", "at"], name="fleet_snapshot_key")]
+        # Roll-up and pruning walk snapshots by age across all fleets.
+        indexes = [models.Index(fields=["at"], name="fleet_snapshot_at")]
+
+    def __str__(self) -> str:
+        return f"fleet {self.fleet_id} at {self.at:%Y-%m-%d %H:%M}"

@@ -9,3 +9,11 @@ def fold_status_counts() -> int:
     from fleets.counts import fold
 
     return fold()
+
+
+@shared_task(name="fleets.tasks.compact_fleet_history", acks_late=False)
+def compact_fleet_history() -> dict[str, int]:
+    """Roll the fleets' count history up to hours after a week and prune it (fleets/history.py)."""
+    from fleets.history import compact
+
+    return compact()

@@ -219,6 +219,12 @@ CELERY_BEAT_SCHEDULE = {
         "schedule": 3600.0,
         "options": {"expires": 3600.0},
     },
+    # Fleets' count history (fleets/history.py): hourly roll-up after a week, pruned with the transitions.
+    "compact-fleet-history": {
+        "task": "fleets.tasks.compact_fleet_history",
+        "schedule": 3600.0,
+        "options": {"expires": 3600.0},
+    },
 }
 
 # --- Auth -------------------------------------------------------------------------------------

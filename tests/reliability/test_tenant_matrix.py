@@ -39,6 +39,7 @@ URL_CLASSES = {
     "logout": "logout",
     "devices:list": "device-list",
     "fleets:list": "fleet-list",
+    "fleets:detail": "fleet-page",
     "devices:export": "export",
     "devices:detail": "device-page",
     "device-api-register": "device-api",
@@ -168,6 +169,22 @@ def device_page_cases(world) -> list[Case]:
     return cases
 
 
+def fleet_page_cases(world) -> list[Case]:
+    mine, theirs = world["mine"], world["theirs"]
+    cases = []
+    for device, owner in ((mine, "member"), (theirs, "other")):
+        url = f"/fleets/{device.organization.slug}/{device.fleet.slug}/"
+        for htmx in (False, True):
+            for visitor in VISITORS:
+                if visitor == "anon":
+                    cases.append(Case(url, visitor, 403 if htmx else 302, htmx, "" if htmx else "/login/"))
+                elif visitor == owner:
+                    cases.append(Case(url, visitor, 200, htmx, contains=device.fleet.name))
+                else:
+                    cases.append(Case(url, visitor, 404, htmx, absent=device.fleet.name))
+    return cases
+
+
 def non_admin_cases(world) -> tuple[list[Case], list[str]]:
     cases: list[Case] = []
     unclassified = []
@@ -195,6 +212,8 @@ def non_admin_cases(world) -> tuple[list[Case], list[str]]:
             cases += dashboard_cases(url, world)
         elif cls == "fleet-list":
             cases += fleet_list_cases(url, world)
+        elif cls == "fleet-page":
+            cases += fleet_page_cases(world)
         elif cls == "export":
             cases += export_cases(url, world)
         elif cls == "device-page":

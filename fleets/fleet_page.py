@@ -1,0 +1,218 @@
+"""The fleet page (/fleets/<org>/<fleet>/): counts now, a stacked-area chart over time, incidents.
+
+The chart is SVG drawn by the template from points computed here (no chart library). Its data are
+the fleet's count snapshots (fleets/history.py): the page reads them in one query whatever the
+fleet's size, so a 100,000-device fleet costs the same queries as a 3-device one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from urllib.parse import urlencode
+
+from django.http import Http404, HttpRequest, HttpResponse
+from django.urls import reverse
+from django.utils import timezone
+
+from devices.queries import user_organizations
+from devices.status import Status
+from devices.views import dashboard_view, render_page
+from fleets import history
+from fleets.counts import status_counts
+from fleets.history import STATUS_SLUGS, Point
+from fleets.models import Fleet
+
+# URL value -> (label, span, width of one chart column). About a hundred columns: 7 px each on the
+# page, and a table a screen-reader user can still go through.
+RANGES: dict[str, tuple[str, timedelta, timedelta]] = {
+    "24h": ("24 hours", timedelta(hours=24), timedelta(minutes=15)),
+    "7d": ("7 days", timedelta(days=7), timedelta(hours=2)),
+    "30d": ("30 days", timedelta(days=30), timedelta(hours=6)),
+}
+DEFAULT_RANGE = "24h"
+# An incident: the share of active (not Inactive) devices that are not Online is above this.
+INCIDENT_SHARE = 0.10
+CHART_WIDTH = 720
+CHART_HEIGHT = 200
+LABELS = {slug: Status(slug).label for slug in STATUS_SLUGS}
+
+
+@dataclass
+class Column:
+    """One chart column: the worst moment (highest share not Online) of [start, end)."""
+
+    start: datetime
+    end: datetime
+    point: Point | None
+
+    @property
+    def counts(self) -> dict[str, int]:
+        return self.point.counts if self.point else dict.fromkeys(STATUS_SLUGS, 0)
+
+    @property
+    def share_percent(self) -> float | None:
+        return round(100 * self.point.share, 1) if self.point else None
+
+
+@dataclass
+class Incident:
+    start: datetime
+    end: datetime | None  # None: still going on
+    peak: float
+    peak_at: datetime
+    from_range_start: bool  # it had started before the range did
+
+    @property
+    def peak_percent(self) -> float:
+        return round(100 * self.peak, 1)
+
+
+def columns(
+    pairs: dict[int, tuple[Point, Point]], start: datetime, end: datetime, step: timedelta, now_point: Point
+) -> list[Column]:
+    """The columns of [start, end], from history.column_points(): each shows its worst moment, the
+    counts in force when it began included, so a short outage is never averaged away. A column
+    before the fleet's first snapshot has no data (point None); the last one includes `now_point`."""
+    count = max(1, round((end - start) / step))
+    result = []
+    state: Point | None = None
+    for n in range(count):
+        col_start = start + n * step
+        col_end = end if n == count - 1 else col_start + step
+        candidates = [state] if state else []
+        # A snapshot exactly at `end` computes to column `count`: it belongs to the last one.
+        for key in (n, count) if n == count - 1 else (n,):
+            if key in pairs:
+                worst, state = pairs[key]
+                candidates.append(worst)
+        if n == count - 1:
+            candidates.append(now_point)
+        worst_point = max(candidates, key=lambda p: p.share) if candidates else None
+        result.append(Column(col_start, col_end, worst_point))
+    return result
+
+
+def incidents(
+    periods: list[history.Period], start: datetime, now_point: Point, threshold: float = INCIDENT_SHARE
+) -> list[Incident]:
+    """The periods above `threshold` as incidents, oldest first; `now_point` (the kept counts now)
+    ends the last one or starts a new one."""
+    found = []
+    for n, period in enumerate(periods):
+        if period.above:
+            end = periods[n + 1].start if n + 1 < len(periods) else None
+            found.append(Incident(period.start, end, period.peak, period.peak_at, period.start <= start))
+    now_above = now_point.share > threshold
+    last = found[-1] if found and found[-1].end is None else None
+    if last and not now_above:
+        last.end = now_point.at
+    elif last and now_point.share > last.peak:
+        last.peak, last.peak_at = now_point.share, now_point.at
+    elif not last and now_above:
+        found.append(Incident(now_point.at, None, now_point.share, now_point.at, False))
+    return found
+
+
+def chart(cols: list[Column], statuses: list[str]) -> dict:
+    """SVG geometry: one polygon per status (stacked in the badge order) and, per column, its hover
+    target, its title and its table row. Dates and numbers are formatted here, once per column:
+    the template engine's date and number filters, run for every column, were the page's largest cost."""
+    top = max((sum(c.counts.values()) for c in cols), default=0) or 1
+    width = CHART_WIDTH / len(cols)
+    scale = CHART_HEIGHT / top
+
+    def y(value: int) -> str:
+        return f"{CHART_HEIGHT - value * scale:.1f}"
+
+    xs = [f"{n * width:.1f}" for n in range(len(cols) + 1)]
+    lower = [0] * len(cols)
+    areas = []
+    for slug in STATUS_SLUGS:
+        values = [c.counts[slug] for c in cols]
+        if not any(values):
+            continue
+        upper = [low + v for low, v in zip(lower, values, strict=True)]
+        edge = [f"{xs[n + k]},{y(value)}" for n, value in enumerate(upper) for k in (0, 1)]
+        back = [f"{xs[n + k]},{y(lower[n])}" for n in range(len(cols) - 1, -1, -1) for k in (1, 0)]
+        areas.append({"slug": slug, "label": LABELS[slug], "points": " ".join(edge + back)})
+        lower = upper
+    rows = []
+    for n, c in enumerate(cols):
+        start = c.start.astimezone(UTC)
+        rows.append(
+            {
+                "x": xs[n],
+                "width": f"{width:.1f}",
+                "iso": start.isoformat(timespec="seconds"),
+                "label": f"{start:%Y-%m-%d %H:%M}",
+                "title": _column_title(c),
+                # Strings, not ints: the template engine localizes every number it prints.
+                "cells": [str(c.counts[s]) for s in statuses] if c.point else None,
+                "share": str(c.share_percent),
+            }
+        )
+    ticks = [{"y": y(v), "value": str(v)} for v in sorted({0, top // 2, top})]
+    return {
+        "areas": areas,
+        "rows": rows,
+        "ticks": ticks,
+        "width": CHART_WIDTH,
+        "height": CHART_HEIGHT,
+        "first": f"{cols[0].start.astimezone(UTC):%b %-d %H:%M}",
+        "last": f"{cols[-1].end.astimezone(UTC):%b %-d %H:%M}",
+    }
+
+
+def _column_title(col: Column) -> str:
+    when = f"{col.start.astimezone(UTC):%Y-%m-%d %H:%M}–{col.end.astimezone(UTC):%H:%M} UTC"
+    if col.point is None:
+        return f"{when}: no data"
+    parts = [f"{LABELS[s]} {n}" for s, n in col.counts.items() if n]
+    return f"{when}: " + (", ".join(parts) if parts else "no devices") + f" ({col.share_percent}% not online)"
+
+
+@dashboard_view
+def fleet_detail(request: HttpRequest, org_slug: str, fleet_slug: str) -> HttpResponse:
+    organization = next((o for o in user_organizations(request) if o.slug == org_slug), None)
+    if organization is None:
+        raise Http404("No such fleet in your organizations.")
+    fleet = Fleet.objects.filter(organization=organization, slug=fleet_slug).first()
+    if fleet is None:
+        raise Http404("No such fleet in your organizations.")
+    notices = []
+    range_key = request.GET.get("range", "").strip() or DEFAULT_RANGE
+    if range_key not in RANGES:
+        notices.append(
+            f"Cannot show the range {range_key[:20]!r}; showing {RANGES[DEFAULT_RANGE][0]}. "
+            f"Ranges: {', '.join(RANGES)}."
+        )
+        range_key = DEFAULT_RANGE
+    label, span, step = RANGES[range_key]
+    now = timezone.now()
+    start = now - span
+    counts = status_counts([organization.pk], [fleet.pk])
+    # The kept counts (with pending deltas) are the newest point: the chart ends at "now".
+    now_point = Point(now, counts)
+    cols = columns(history.column_points(fleet.pk, start, now, step), start, now, step, now_point)
+    shown = [s for s in STATUS_SLUGS if counts[s] or any(c.counts[s] for c in cols)]
+    devices_url = f"{reverse('devices:list')}?{urlencode({'fleet': f'{organization.slug}/{fleet.slug}'}, safe='/')}"
+    total = sum(counts.values())
+    context = {
+        "page_name": fleet.name,
+        "now": now,
+        "fleet": fleet,
+        "organization": organization,
+        "counts": [{"slug": s, "label": LABELS[s], "n": counts[s]} for s in STATUS_SLUGS if counts[s]],
+        "total": total,
+        "devices_url": devices_url,
+        "range_key": range_key,
+        "range_label": label,
+        "range_links": [{"key": k, "label": v[0], "selected": k == range_key} for k, v in RANGES.items()],
+        "chart": chart(cols, shown),
+        "table_statuses": [{"slug": s, "label": LABELS[s]} for s in shown],
+        "incidents": incidents(history.periods(fleet.pk, start, now, INCIDENT_SHARE), start, now_point),
+        "incident_percent": round(100 * INCIDENT_SHARE),
+        "notices": notices,
+    }
+    return render_page(request, "fleets/detail.html", "fleets/_detail_live.html", context)
