@@ -35,6 +35,7 @@ from devices.queries import (
     user_organizations,
 )
 from devices.status import Status
+from devices.strip import strips
 from devices.summary import UPTIME_WINDOWS, explain, history, uptime
 from fleets.models import Fleet
 
@@ -276,6 +277,7 @@ def device_detail(request: HttpRequest, uuid: str) -> HttpResponse:
         "history_next": rows[-1].transition.pk if more else None,
         "history_notice": history_notice,
         "uptime": uptime(device, now, current),
+        "strips": strips(device, now, current),
         "uptime_windows": [label for label, _ in UPTIME_WINDOWS],
         "not_online": 0 if device.overall_status == Status.ONLINE else 1,
         "devices_url": reverse("devices:list"),

@@ -83,6 +83,7 @@ def fleet_list(request: HttpRequest) -> HttpResponse:
     # same slug, links name the organization too so each count leads to its own fleet.
     slug_uses = Counter(f.slug for f in fleets)
     devices_url = reverse("devices:list")
+    fleets_url = reverse("fleets:list")
     zero = dict.fromkeys(STATUS_SLUGS, 0)
 
     sections = {org.pk: {"org": org, "fleets": [], "counts": dict(zero), "fleet_total": 0} for org in organizations}
@@ -116,7 +117,13 @@ def fleet_list(request: HttpRequest) -> HttpResponse:
         # Links are built here, not with {% url %} in the template: fifty fleets times ten links.
         href = f"{devices_url}?{urlencode({'fleet': param}, safe='/')}"
         section["fleets"].append(
-            {"fleet": fleet, "href": href, "total": entry["total"], "segments": _segments(entry["counts"], href)}
+            {
+                "fleet": fleet,
+                "href": href,
+                "page": f"{fleets_url}{section['org'].slug}/{fleet.slug}/",
+                "total": entry["total"],
+                "segments": _segments(entry["counts"], href),
+            }
         )
     total = online = 0
     shown = []

@@ -54,6 +54,7 @@ def test_fleet_cards_with_counts_links_and_bar(owner_client, make_device, make_f
     assert 'href="/devices/?fleet=kiosks&amp;status=offline"' in kiosks
     assert 'href="/devices/?fleet=kiosks&amp;status=online-heartbeat-only"' in kiosks
     assert '<a href="/devices/?fleet=kiosks">Kiosks</a>' in kiosks
+    assert '<a class="fleet-card__page" href="/fleets/northwind/kiosks/">Status over time</a>' in kiosks
     # The stacked bar: one segment per non-zero status, proportional (flex-grow = count).
     segments = re.findall(r'class="stackbar__seg seg--([a-z-]+)" style="flex-grow: (\d+)"', kiosks)
     assert segments == [("online", "2"), ("online-heartbeat-only", "1"), ("offline", "1")]
