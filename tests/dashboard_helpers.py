@@ -16,7 +16,7 @@ from fleets.models import Fleet, Tier
 
 
 def signals_for(status: str, now: datetime, interval: int = 600) -> dict:
-    """Signals that make the status rule (DESIGN.md §2.1) answer `status`."""
+    """Signals that make the status rule (docs/design.md, The status rule) answer `status`."""
     hb = {
         "api_heartbeat_state": HeartbeatState.ONLINE,
         "last_api_heartbeat_at": now,

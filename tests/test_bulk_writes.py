@@ -1,4 +1,4 @@
-"""The set-based write paths (issue 8, P5/P6): each gives exactly what the per-row path gives.
+"""The set-based write paths: each gives exactly what the per-row path gives.
 
 - compute_status runs RULES compiled to closures; the interpreted walk of RULES is the reference.
 - The sweep's expiry (services._expire_locked: one UPDATE and one INSERT per batch) against the

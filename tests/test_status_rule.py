@@ -1,4 +1,4 @@
-"""The status rule: every combination of inputs, Python function ≡ database expression ≡ DESIGN.md §2.1."""
+"""The status rule: every combination of inputs, Python function ≡ database expression ≡ the rule table of docs/design.md."""
 
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ DOMAINS = {
 
 
 def reference_status(s: dict) -> str:
-    """DESIGN.md §2.1 transliterated by hand, independent of devices.status."""
+    """The rule table of docs/design.md transliterated by hand, independent of devices.status."""
     vpn = s["is_connected_to_vpn"]
     hb = s["api_heartbeat_state"]
     if not s["is_active"]:

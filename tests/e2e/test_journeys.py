@@ -1,4 +1,4 @@
-"""The journeys of issue #7: what a person sees in Chromium while real devices and a real Celery
+"""The browser journeys: what a person sees in Chromium while real devices and a real Celery
 worker change statuses underneath.
 
 Locators use the hooks the dashboard issue (#5) prescribes: `data-uuid` on device rows,
@@ -21,7 +21,7 @@ from tests.e2e.harness import FAST_POLL_INTERVAL, SWEEP_INTERVAL, SimDevice, wai
 
 pytestmark = [pytest.mark.browser, pytest.mark.postgres, pytest.mark.redis]
 
-# Labels exactly as DESIGN.md §2 writes them.
+# Labels exactly as docs/design.md, Statuses writes them.
 LABELS = {
     "online": "Online",
     "online-vpn-only": "Online (VPN Only)",
