@@ -92,8 +92,13 @@ def test_duplicate_name_is_refused(org):
     assert Channel.objects.count() == 1
 
 
-def test_exit_status_is_non_zero(org, capsys):
+def test_exit_status_is_non_zero(org, capsys, monkeypatch):
+    from django.core.management import base
+
     from notifications.management.commands.add_notification_channel import Command
+
+    # run_from_argv closes every connection on its way out; the test's transaction needs its own.
+    monkeypatch.setattr(base.connections, "close_all", lambda: None)
 
     with pytest.raises(SystemExit) as exit_info:
         Command().run_from_argv(["manage.py", "add_notification_channel", "nobody", "https://x.example.com/"])
