@@ -44,6 +44,7 @@ urlpatterns = [
     path("admin/", admin.site.urls),
     path("devices/", include("devices.urls")),
     path("fleets/", include("fleets.urls")),
+    path("notifications/", include("notifications.urls")),
     path("device/openapi.json", openapi_json, name="device-openapi"),
     # The device-facing API (balena-compatible paths: /device/..., /services/vpn/...).
     path("", include("devices.api.urls")),

@@ -63,6 +63,10 @@ class Channel(models.Model):
         return kind_of(self.url)
 
     @property
+    def kind_label(self) -> str:
+        return Channel.Kind(self.kind).label
+
+    @property
     def watched(self) -> set[str]:
         return set(self.statuses or DEFAULT_STATUSES)
 

@@ -256,7 +256,7 @@ def test_history_is_paged_25_changes_at_a_time(owner_client, make_device):
             assert "is not a status change of this device" in text(page)
 
 
-SUMMARY_QUERIES = 7  # session, user, memberships, device, history, uptime, dead-man's switch
+SUMMARY_QUERIES = 10  # session, user, memberships, device, history, uptime, dead-man's switch; notifications: outcomes, mutes, owner
 
 
 def _queries(client, path) -> int:
