@@ -209,3 +209,16 @@ def test_device_summary_shows_what_each_channel_did(owner_client, org, make_devi
     assert "held (changed again within the hold time)" in flapping_page
     steady_page = owner_client.get(f"/devices/{steady.uuid}/").content.decode()
     assert "notification waiting to send" in steady_page and "pager" in steady_page
+
+
+def test_staff_manage_channels_and_mutes_in_the_admin(staff_client, channel, org):
+    assert staff_client.get("/admin/notifications/channel/").status_code == 200
+    page = staff_client.get(f"/admin/notifications/channel/{channel.pk}/change/").content.decode()
+    assert "topsecret" not in page
+    response = staff_client.post(
+        "/admin/notifications/channel/add/",
+        {"organization": org.pk, "name": "adm", "url": "not a url", "statuses": '["offline"]', "hold_seconds": "60"},
+    )
+    assert response.status_code == 200 and not Channel.objects.filter(name="adm").exists()
+    assert staff_client.get("/admin/notifications/mute/add/").status_code == 200
+    assert staff_client.get("/admin/notifications/delivery/").status_code == 200
