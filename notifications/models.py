@@ -119,6 +119,10 @@ class PendingChange(models.Model):
     to_status = models.CharField(max_length=24)
     at = models.DateTimeField()
     processed_at = models.DateTimeField(null=True, blank=True)
+    # {channel id: [Result, delivery id or None, channel name]} once processed. Kept on this row, not
+    # as a row per channel: the dispatcher already updates every change it reads, and a sweep that
+    # expires 10,000 devices would otherwise insert 10,000 rows per channel.
+    results = models.JSONField(null=True, blank=True)
 
     class Meta:
         indexes = [
@@ -131,36 +135,28 @@ class PendingChange(models.Model):
         return f"device {self.device_id}: {self.from_status} -> {self.to_status} at {self.at}"
 
 
-class Outcome(models.Model):
+class Result(models.TextChoices):
     """What one channel did with one change: the Device Summary's "notified / held / muted / off"."""
 
-    class Result(models.TextChoices):
-        NOTIFIED = "notified", "notified"
-        HELD = "held", "held (changed again within the hold time)"
-        MUTED = "muted", "muted"
-        OFF = "off", "channel off"
-
-    change = models.ForeignKey(PendingChange, on_delete=models.CASCADE, related_name="outcomes")
-    channel = models.ForeignKey(Channel, on_delete=models.CASCADE, related_name="outcomes")
-    result = models.CharField(max_length=10, choices=Result.choices)
-    delivery = models.ForeignKey("Delivery", null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
-
-    class Meta:
-        constraints = [models.UniqueConstraint(fields=["change", "channel"], name="notify_outcome_once")]
-
-    def __str__(self) -> str:
-        return f"{self.change_id} on {self.channel_id}: {self.result}"
+    NOTIFIED = "notified", "notified"
+    HELD = "held", "held (changed again within the hold time)"
+    MUTED = "muted", "muted"
+    OFF = "off", "channel off"
 
 
 class NotifiedState(models.Model):
-    """The last watched status a channel announced for a device: a recovery is sent only after it."""
+    """The last watched status a channel announced for a device: a recovery is sent only after it.
 
-    channel = models.ForeignKey(Channel, on_delete=models.CASCADE)
+    Plain ids, no foreign keys: the dispatcher upserts one row per announced device in one
+    statement, and a key check and index per row would double its cost. Rows of a deleted channel
+    are never read again (ids are not reused)."""
+
+    channel_id = models.BigIntegerField()
     device_id = models.BigIntegerField()
     status = models.CharField(max_length=24)
 
     class Meta:
-        constraints = [models.UniqueConstraint(fields=["channel", "device_id"], name="notify_state_key")]
+        constraints = [models.UniqueConstraint(fields=["channel_id", "device_id"], name="notify_state_key")]
 
     def __str__(self) -> str:
         return f"device {self.device_id} announced {self.status} on {self.channel_id}"

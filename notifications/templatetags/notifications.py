@@ -9,9 +9,10 @@ from django.utils import timezone
 
 from fleets.models import Fleet, Membership
 from notifications.forms import MuteForm
-from notifications.models import Mute, Outcome
+from notifications.models import Delivery, Mute, PendingChange, Result
 
 register = template.Library()
+LABELS = dict(Result.choices)
 
 
 def _is_owner(user, organization_id: int) -> bool:
@@ -21,15 +22,24 @@ def _is_owner(user, organization_id: int) -> bool:
 @register.inclusion_tag("notifications/device_card.html", takes_context=True)
 def device_notifications(context, device, history) -> dict:
     transition_ids = [row.transition.pk for row in history or ()]
-    rows = (
-        list(
-            Outcome.objects.filter(change__transition_id__in=transition_ids)
-            .select_related("change", "channel", "delivery")
-            .order_by("-change__at", "-change__id", "channel__name")
+    changes = []
+    if transition_ids:
+        changes = list(
+            PendingChange.objects.filter(transition_id__in=transition_ids, results__isnull=False).order_by("-at", "-id")
         )
-        if transition_ids
-        else []
-    )
+    delivery_ids = {r[1] for c in changes for r in c.results.values() if r[1] is not None}
+    deliveries = Delivery.objects.in_bulk(delivery_ids) if delivery_ids else {}
+    rows = [
+        {
+            "change": change,
+            "channel": name,
+            "result": result,
+            "label": LABELS.get(result, result),
+            "delivery": deliveries.get(delivery_id),
+        }
+        for change in changes
+        for result, delivery_id, name in sorted(change.results.values(), key=lambda r: r[2])
+    ]
     now = timezone.now()
     mutes = list(Mute.objects.filter(Q(device=device) | Q(fleet_id=device.fleet_id), starts_at__lte=now, until__gt=now))
     request = context.get("request")
