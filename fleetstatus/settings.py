@@ -239,6 +239,11 @@ CELERY_BEAT_SCHEDULE = {
         "schedule": float(FLEETSTATUS_NOTIFY_TICK_SECONDS),
         "options": {"expires": float(FLEETSTATUS_NOTIFY_TICK_SECONDS)},
     },
+    "notify-prune": {
+        "task": "notifications.tasks.prune",
+        "schedule": 3600.0,
+        "options": {"expires": 3600.0},
+    },
 }
 
 # --- Auth -------------------------------------------------------------------------------------

@@ -77,6 +77,7 @@ def evaluate(now: datetime, batch: int = BATCH) -> int:
     channels: dict[int, list[Channel]] = defaultdict(list)
     for channel in Channel.objects.filter(organization_id__in=org_ids).prefetch_related("fleets"):
         channel.fleet_ids = {f.pk for f in channel.fleets.all()}
+        channel.watched_set = channel.watched
         channels[channel.organization_id].append(channel)
     later = _later_transitions(device_ids, min(c.at for c in changes))
     mutes = list(Mute.objects.filter(organization_id__in=org_ids, until__gt=min(c.at for c in changes)))
@@ -92,12 +93,12 @@ def evaluate(now: datetime, batch: int = BATCH) -> int:
     results: dict[int, dict[str, list]] = defaultdict(dict)
 
     for change in changes:
+        item = None  # the change as messages list it, built once for all its channels
         for channel in channels.get(change.organization_id, ()):
             if channel.fleet_ids and change.fleet_id not in channel.fleet_ids:
                 continue
             key = (channel.pk, change.device_id)
-            watched = channel.watched
-            entering = change.to_status in watched
+            entering = change.to_status in channel.watched_set
             if not entering and key not in states:
                 continue  # neither a watched status nor the recovery from an announced one
             if entering and states.get(key) == change.to_status:
@@ -110,15 +111,16 @@ def evaluate(now: datetime, batch: int = BATCH) -> int:
             elif not _stayed(later, change, channel.hold_seconds):
                 outcome[str(channel.pk)] = [Result.HELD.value, None, channel.name]
             else:
-                device = devices.get(change.device_id, {"uuid": "", "name": ""})
-                item = {
-                    "uuid": device["uuid"],
-                    "name": device["name"],
-                    "fleet": fleet_slugs.get(change.fleet_id, ""),
-                    "from": change.from_status,
-                    "to": change.to_status,
-                    "at": change.at.isoformat(),
-                }
+                if item is None:
+                    device = devices.get(change.device_id, {"uuid": "", "name": ""})
+                    item = {
+                        "uuid": device["uuid"],
+                        "name": device["name"],
+                        "fleet": fleet_slugs.get(change.fleet_id, ""),
+                        "from": change.from_status,
+                        "to": change.to_status,
+                        "at": change.at.isoformat(),
+                    }
                 delivery = collector.add(channel, item, change.at + timedelta(seconds=channel.hold_seconds))
                 outcome[str(channel.pk)] = [Result.NOTIFIED.value, delivery.pk, channel.name]
                 if entering:
@@ -330,3 +332,21 @@ def send_test(channel: Channel, now: datetime | None = None) -> Delivery:
 
 def organization_slug(organization_id: int) -> str:
     return Organization.objects.filter(pk=organization_id).values_list("slug", flat=True).first() or ""
+
+
+def prune(now: datetime | None = None, batch: int = 10_000) -> int:
+    """Delete processed changes and finished deliveries older than the transition retention; returns rows deleted."""
+    now = now or timezone.now()
+    cutoff = now - timedelta(days=settings.FLEETSTATUS_TRANSITION_RETENTION_DAYS)
+    deleted = 0
+    while True:
+        ids = list(
+            PendingChange.objects.filter(processed_at__lt=cutoff).order_by("id").values_list("pk", flat=True)[:batch]
+        )
+        if ids:
+            deleted += PendingChange.objects.filter(pk__in=ids).delete()[0]
+        if len(ids) < batch:
+            break
+    finished = [Delivery.State.DELIVERED, Delivery.State.FAILED]
+    deleted += Delivery.objects.filter(state__in=finished, created_at__lt=cutoff).delete()[0]
+    return deleted

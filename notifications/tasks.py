@@ -26,3 +26,10 @@ def deliver(delivery_id: int) -> str:
     from notifications import sending
 
     return sending.deliver(delivery_id)
+
+
+@shared_task(name="notifications.tasks.prune", acks_late=False)
+def prune() -> int:
+    from notifications import engine
+
+    return engine.prune()

@@ -240,3 +240,15 @@ def test_two_dispatchers_never_evaluate_a_change_twice(channel, make_device, t0)
     engine.dispatch(now)
     assert result(channel, device, Status.OFFLINE) == "notified"
     assert Delivery.objects.get().size == 1
+
+
+def test_prune_drops_old_processed_changes_and_finished_deliveries(channel, make_device, receiver, t0, settings):
+    device = make_device(at=t0, **ONLINE)
+    go(device, OFFLINE, t0 + timedelta(seconds=100))
+    run(t0 + timedelta(seconds=300))
+    assert PendingChange.objects.filter(processed_at__isnull=False).exists()
+    assert engine.prune(t0 + timedelta(days=1)) == 0
+    later = t0 + timedelta(days=settings.FLEETSTATUS_TRANSITION_RETENTION_DAYS + 1)
+    assert engine.prune(later) > 0
+    assert not PendingChange.objects.filter(processed_at__isnull=False).exists()
+    assert not Delivery.objects.exists()
