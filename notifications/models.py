@@ -203,6 +203,9 @@ class Delivery(models.Model):
     next_attempt_at = models.DateTimeField(null=True, blank=True)
     # A sender owns the row until then; a worker that died leaves it to be sent again (same uuid).
     lease_until = models.DateTimeField(null=True, blank=True)
+    # Handed to the queue until then: the dispatcher does not queue it again meanwhile (workers that
+    # fall behind would otherwise find the same delivery queued once per tick).
+    queued_until = models.DateTimeField(null=True, blank=True)
     attempts = models.PositiveIntegerField(default=0)
     last_status_code = models.IntegerField(null=True, blank=True)
     last_error = models.CharField(max_length=500, blank=True, default="")

@@ -38,6 +38,22 @@ def due_ids(now: datetime | None = None, limit: int = 200) -> list[int]:
     )
 
 
+def to_queue(now: datetime | None = None, limit: int = 200) -> list[int]:
+    """Due deliveries not queued within the last lease; marks them queued (a message lost with the
+    queue is queued again once that passes)."""
+    now = now or timezone.now()
+    ids = list(
+        Delivery.objects.filter(due(now))
+        .exclude(queued_until__gt=now)
+        .order_by("next_attempt_at", "id")
+        .values_list("pk", flat=True)[:limit]
+    )
+    if ids:
+        until = now + timedelta(seconds=settings.FLEETSTATUS_NOTIFY_LEASE_SECONDS)
+        Delivery.objects.filter(pk__in=ids).update(queued_until=until)
+    return ids
+
+
 def claim(delivery_id: int, now: datetime) -> Delivery | None:
     lease = now + timedelta(seconds=settings.FLEETSTATUS_NOTIFY_LEASE_SECONDS)
     claimed = (
@@ -65,7 +81,12 @@ def deliver(delivery_id: int, now: datetime | None = None) -> str:
 
 
 def record(delivery: Delivery, result: SendResult, now: datetime) -> str:
-    fields = {"last_status_code": result.status_code, "last_error": result.error[:500], "lease_until": None}
+    fields = {
+        "last_status_code": result.status_code,
+        "last_error": result.error[:500],
+        "lease_until": None,
+        "queued_until": None,
+    }
     if result.ok:
         fields.update(state=Delivery.State.DELIVERED, delivered_at=now, next_attempt_at=None)
     elif result.retry and now < delivery.created_at + timedelta(hours=settings.FLEETSTATUS_NOTIFY_RETRY_HOURS):

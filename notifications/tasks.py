@@ -14,7 +14,7 @@ def dispatch() -> dict | None:
     from notifications import engine, sending
 
     summary = engine.dispatch()
-    for delivery_id in sending.due_ids():
+    for delivery_id in sending.to_queue():
         deliver.delay(delivery_id)
     return summary
 

@@ -265,3 +265,11 @@ def test_test_message(channel, receiver, now):
     assert sending.deliver(delivery.pk, now) == "delivered"
     body = receiver.received[0].json()
     assert (body["event"], body["channel"]) == ("test", "ops")
+
+
+def test_a_queued_delivery_is_not_queued_again_until_its_lease_passes(channel, now, settings):
+    delivery = changes_delivery(channel, now)
+    assert sending.to_queue(now) == [delivery.pk]
+    assert sending.to_queue(now + timedelta(seconds=1)) == []  # still in the queue
+    lease = timedelta(seconds=settings.FLEETSTATUS_NOTIFY_LEASE_SECONDS + 1)
+    assert sending.to_queue(now + lease) == [delivery.pk]  # the message was lost: queued again
