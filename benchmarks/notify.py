@@ -127,6 +127,36 @@ def _sweep(now: datetime) -> tuple[float, int]:
     return time.perf_counter() - t0, expired
 
 
+def _trigger_cost(org_id: int, ids: list[int], rounds: int = 5) -> tuple[float, float]:
+    """Median seconds of one INSERT of len(ids) transitions (rolled back) without and with a channel:
+    the sweep's extra work, isolated from the rest of a sweep (whose time varies far more on a
+    shared machine)."""
+    from django.db import connection, transaction
+
+    from notifications.models import Channel
+
+    def insert() -> float:
+        with transaction.atomic(), connection.cursor() as cur:
+            t0 = time.perf_counter()
+            cur.execute(
+                "INSERT INTO devices_statustransition (device_id, from_status, to_status, at, reason) "
+                "SELECT id, 'online-heartbeat-only', 'offline', now(), 'bench' FROM unnest(%s::bigint[]) AS id",
+                [ids],
+            )
+            seconds = time.perf_counter() - t0
+            transaction.set_rollback(True)
+        return seconds
+
+    without, with_channel = [], []
+    for _ in range(rounds):
+        Channel.objects.filter(organization_id=org_id).delete()
+        without.append(insert())
+        Channel.objects.create(organization_id=org_id, name="p9-trigger", url="https://hooks.example.com/")
+        with_channel.append(insert())
+    Channel.objects.filter(organization_id=org_id).delete()
+    return statistics.median(without), statistics.median(with_channel)
+
+
 def _deliver_all(org_id: int, receivers: dict[int, Any], due: int, now: datetime, committed: float, timeout: float):
     """Run dispatcher ticks and senders until every channel's receiver holds `due` changes; returns
     (seconds after the commit, {channel id: messages})."""
@@ -228,7 +258,10 @@ def measure(devices: int = 100_000, due: int = 10_000, runs: int = 3, log=print)
         for r in targets:
             r.stop()
         Channel.objects.filter(organization_id=org_id).delete()
+    insert_without, insert_with = _trigger_cost(org_id, ids)
     result = {
+        "insert_without_channels_s": insert_without,
+        "insert_with_channels_s": insert_with,
         "devices": devices,
         "due": due,
         "sweeps_without_s": [round(x, 3) for x in without],
@@ -254,6 +287,8 @@ def report(r: dict[str, Any]) -> str:
             f"  sweep (expire_heartbeats): {r['sweep_without_channels_s'] * 1000:.0f} ms without channels, "
             f"{r['sweep_with_channels_s'] * 1000:.0f} ms with ({r['sweep_growth']:+.1%}; target <= +10%); "
             f"runs {r['sweeps_without_s']} / {r['sweeps_with_s']} s",
+            f"  the trigger's share: INSERT of {r['due']:,} transitions {r['insert_without_channels_s'] * 1000:.0f} ms "
+            f"without channels, {r['insert_with_channels_s'] * 1000:.0f} ms with (median of 5, rolled back)",
         ]
     )
 
