@@ -8,7 +8,7 @@ from django.core.validators import EmailValidator, URLValidator
 
 from devices.status import Status
 from fleets.models import Fleet, Organization
-from notifications.models import DEFAULT_STATUSES, Channel, Mute, kind_of
+from notifications.models import DEFAULT_STATUSES, Channel, kind_of
 
 
 def validate_target(url: str) -> None:
@@ -70,10 +70,3 @@ class ChannelForm(forms.ModelForm):
 class MuteForm(forms.Form):
     hours = forms.IntegerField(min_value=1, max_value=24 * 30, initial=2, label="Mute for (hours)")
     reason = forms.CharField(max_length=200, required=False)
-
-
-def unmute(mutes) -> int:
-    return mutes.delete()[0]
-
-
-__all__ = ["ChannelForm", "MuteForm", "Mute", "validate_target"]
