@@ -21,7 +21,7 @@ from pathlib import Path
 
 DEFAULT_DATABASE_URL = "postgres://postgres@127.0.0.1:5432/fleetstatus_bench"
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/6"
-ALL = ["P1", "P2", "P3", "P4", "P5", "P6", "P7", "P10", "P11"]
+ALL = ["P1", "P2", "P3", "P4", "P5", "P6", "P7", "P9", "P10", "P11"]
 ROOT = Path(__file__).resolve().parent.parent
 
 

@@ -56,6 +56,13 @@ URL_CLASSES = {
     "readapi:metrics": "metrics",
     "readapi:tokens": "account-page",
     "readapi:revoke": "account-post",
+    "notifications:list": "notifications",
+    "notifications:add": "notifications",
+    "notifications:edit": "notifications",
+    "notifications:test": "notifications",
+    "notifications:mute-device": "notifications",
+    "notifications:mute-fleet": "notifications",
+    "notifications:unmute": "notifications",
 }
 
 
@@ -185,6 +192,40 @@ def fleet_page_cases(world) -> list[Case]:
     return cases
 
 
+def notification_cases(key: str, world) -> list[Case]:
+    """Owners of the data's organization only; another organization's objects are 404; POST-only forms."""
+    from django.utils import timezone
+
+    from notifications.models import Channel, Mute
+
+    mine = world["mine"]
+    channel = Channel.objects.get_or_create(organization=mine.organization, name="matrix-channel",
+                                            defaults={"url": "https://hooks.example.com/"})[0]
+    mute = Mute.objects.get_or_create(organization=mine.organization, device=mine,
+                                      defaults={"starts_at": timezone.now(), "until": timezone.now()})[0]
+    url = {
+        "notifications:list": "/notifications/",
+        "notifications:add": f"/notifications/add/{mine.organization.slug}/",
+        "notifications:edit": f"/notifications/{channel.pk}/",
+        "notifications:test": f"/notifications/{channel.pk}/test/",
+        "notifications:mute-device": f"/notifications/mute/device/{mine.uuid}/",
+        "notifications:mute-fleet": f"/notifications/mute/fleet/{mine.fleet.pk}/",
+        "notifications:unmute": f"/notifications/mute/{mute.pk}/end/",
+    }[key]
+    cases = [Case(url, "anon", 302, redirect_to="/login/")]
+    if key == "notifications:list":
+        cases += [Case(url, "member", 200, contains=channel.name), Case(url, "other", 200, absent=channel.name),
+                  Case(url, "staff", 403)]
+    elif key in ("notifications:add", "notifications:edit"):
+        cases += [Case(url, "member", 200), Case(url, "other", 404), Case(url, "staff", 404)]
+    else:
+        member_post = 400 if key.startswith("notifications:mute-") else 302  # no form data: refused
+        cases += [Case(url, v, 405) for v in ("member", "other", "staff")]
+        cases += [Case(url, "other", 404, method="post"), Case(url, "staff", 404, method="post"),
+                  Case(url, "member", member_post, method="post"), Case(url, "anon", 302, method="post")]
+    return cases
+
+
 def non_admin_cases(world) -> tuple[list[Case], list[str]]:
     cases: list[Case] = []
     unclassified = []
@@ -218,6 +259,8 @@ def non_admin_cases(world) -> tuple[list[Case], list[str]]:
             cases += export_cases(url, world)
         elif cls == "device-page":
             cases += device_page_cases(world)
+        elif cls == "notifications":
+            cases += notification_cases(key, world)
         elif cls == "device-api":
             # A browser session authenticates nothing on the device API, staff's included.
             concrete = re.sub(r"<str:uuid>", mine.uuid, url)
@@ -245,6 +288,18 @@ def make_instance(model: type[models.Model], world) -> models.Model:
         return world["mine"].organization
     if model._meta.label_lower == "fleets.fleet":
         return world["mine"].fleet
+    if model._meta.app_label == "notifications":
+        from django.utils import timezone
+
+        from notifications.models import Channel, Delivery, Mute
+
+        org = world["mine"].organization
+        channel = Channel.objects.get_or_create(organization=org, name="admin-matrix", url="https://hooks.example.com/")[0]
+        if model is Mute:
+            return Mute.objects.create(organization=org, device=world["mine"], starts_at=timezone.now(), until=timezone.now())
+        if model is Delivery:
+            return Delivery.objects.create(channel=channel, event=Delivery.Event.TEST, created_at=timezone.now())
+        return channel
     values = {}
     for f in model._meta.concrete_fields:
         if f.primary_key or f.has_default() or f.null or getattr(f, "auto_now", False) or getattr(f, "auto_now_add", False):
