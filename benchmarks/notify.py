@@ -332,7 +332,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("SECRET_KEY", "fleetstatus-bench-only-not-secret-" + "x" * 20)
     os.environ.setdefault("LOG_LEVEL", "WARNING")
     os.environ["DJANGO_SETTINGS_MODULE"] = "fleetstatus.settings"
-    from benchmarks.cli import ensure_database
+    from benchmarks.environment import ensure_database
 
     ensure_database()
     import django
