@@ -15,6 +15,7 @@ from django.conf import settings
 from django.db.models import F, Q
 from django.utils import timezone
 
+from fleetstatus.metrics import count_deliveries
 from notifications.models import Delivery
 from notifications.transports import SendResult, send
 
@@ -98,7 +99,12 @@ def record(delivery: Delivery, result: SendResult, now: datetime) -> str:
         fields.update(state=Delivery.State.FAILED, next_attempt_at=None)
     # Only the claim that made this attempt may record it (a sender whose lease ran out and whose
     # delivery was re-claimed meanwhile must not overwrite the newer attempt's result).
-    Delivery.objects.filter(pk=delivery.pk, state=Delivery.State.SENDING, attempts=delivery.attempts).update(**fields)
+    recorded = Delivery.objects.filter(pk=delivery.pk, state=Delivery.State.SENDING, attempts=delivery.attempts).update(
+        **fields
+    )
+    if recorded:
+        # Per attempt: delivered, pending (will be retried) or failed.
+        count_deliveries(str(fields["state"]))
     if not result.ok:
         logger.warning(
             "notification delivery %s to channel %s: %s", delivery.uuid, delivery.channel_id, result.error[:200]
