@@ -40,7 +40,7 @@ def _setup(url: str) -> None:
     os.environ["DATABASE_URL"] = url
     os.environ.setdefault("REDIS_URL", "redis://127.0.0.1:6379/10")
     sys.path.insert(0, str(ROOT))
-    from benchmarks.cli import configure_environment
+    from benchmarks.environment import configure_environment
 
     configure_environment()  # production settings (DEBUG off), plain HTTP for the test Client
     import django

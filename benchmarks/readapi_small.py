@@ -17,7 +17,7 @@ def main() -> int:
     """Seed the read API's plan if needed and print P10 and P11 (one command, shared-machine sized)."""
     import argparse
 
-    from benchmarks import cli
+    from benchmarks import environment as cli
 
     os.environ.setdefault("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/fs_h6_bench")
     os.environ.setdefault("REDIS_URL", "redis://127.0.0.1:6379/7")

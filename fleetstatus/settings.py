@@ -11,6 +11,7 @@ import os
 from pathlib import Path
 
 import dj_database_url
+import dj_email_url
 from django.core.exceptions import ImproperlyConfigured
 
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -41,7 +42,9 @@ if not SECRET_KEY:
         raise ImproperlyConfigured("SECRET_KEY must be set when DEBUG is off")
     SECRET_KEY = "django-insecure-fleetstatus-development-only"
 
-ALLOWED_HOSTS = [h.strip() for h in os.environ.get("ALLOWED_HOSTS", "localhost,127.0.0.1,[::1]").split(",") if h.strip()]
+ALLOWED_HOSTS = [
+    h.strip() for h in os.environ.get("ALLOWED_HOSTS", "localhost,127.0.0.1,[::1]").split(",") if h.strip()
+]
 CSRF_TRUSTED_ORIGINS = [o.strip() for o in os.environ.get("CSRF_TRUSTED_ORIGINS", "").split(",") if o.strip()]
 
 INSTALLED_APPS = [
@@ -59,6 +62,7 @@ INSTALLED_APPS = [
     "fleets",
     "devices",
     "readapi",
+    "notifications",
 ]
 
 MIDDLEWARE = [
@@ -195,6 +199,35 @@ FLEETSTATUS_METRICS_TOKEN = os.environ.get("FLEETSTATUS_METRICS_TOKEN", "")
 # Counters are buffered per process and sent to Redis at most this many seconds later (fleetstatus/metrics.py).
 FLEETSTATUS_METRICS_FLUSH_SECONDS = float(os.environ.get("FLEETSTATUS_METRICS_FLUSH_SECONDS", "1"))
 
+# --- Notifications (docs/notifications.md) ----------------------------------------------------------
+# Changes for one channel within this window go out as one message.
+FLEETSTATUS_NOTIFY_GROUP_SECONDS = env_int("FLEETSTATUS_NOTIFY_GROUP_SECONDS", 10)
+# How often beat runs the dispatcher.
+FLEETSTATUS_NOTIFY_TICK_SECONDS = env_int("FLEETSTATUS_NOTIFY_TICK_SECONDS", 2)
+# A delivery is retried (exponential backoff) for this long before it is marked failed.
+FLEETSTATUS_NOTIFY_RETRY_HOURS = env_int("FLEETSTATUS_NOTIFY_RETRY_HOURS", 25)
+# Seconds a sender owns a delivery; a worker that died mid-send leaves it to be re-sent after this.
+FLEETSTATUS_NOTIFY_LEASE_SECONDS = env_int("FLEETSTATUS_NOTIFY_LEASE_SECONDS", 60)
+FLEETSTATUS_NOTIFY_TIMEOUT_SECONDS = env_int("FLEETSTATUS_NOTIFY_TIMEOUT_SECONDS", 10)
+# Webhooks to loopback/private/link-local addresses are refused unless this is on (LAN installations, tests).
+FLEETSTATUS_WEBHOOK_ALLOW_PRIVATE = env_bool("FLEETSTATUS_WEBHOOK_ALLOW_PRIVATE", False)
+# The dashboard's address, for links in messages.
+FLEETSTATUS_BASE_URL = os.environ.get("FLEETSTATUS_BASE_URL", "http://localhost:8000").rstrip("/")
+
+# Email (notification channels with mailto: targets): EMAIL_URL such as
+# smtp://user:password@mail.example.com:587/?tls=True, or console:// (the default) / locmem://.
+EMAIL_URL = os.environ.get("EMAIL_URL", "console://")
+_email = dj_email_url.parse(EMAIL_URL)
+EMAIL_BACKEND = _email["EMAIL_BACKEND"]
+EMAIL_HOST = _email["EMAIL_HOST"] or "localhost"
+EMAIL_PORT = _email["EMAIL_PORT"] or 25
+EMAIL_HOST_USER = _email["EMAIL_HOST_USER"] or ""
+EMAIL_HOST_PASSWORD = _email["EMAIL_HOST_PASSWORD"] or ""
+EMAIL_USE_TLS = _email["EMAIL_USE_TLS"]
+EMAIL_USE_SSL = _email["EMAIL_USE_SSL"]
+EMAIL_TIMEOUT = _email["EMAIL_TIMEOUT"] or 30
+DEFAULT_FROM_EMAIL = os.environ.get("DEFAULT_FROM_EMAIL", "fleetstatus@localhost")
+
 CELERY_BEAT_SCHEDULE = {
     "sweep": {
         "task": "devices.tasks.sweep",
@@ -222,6 +255,17 @@ CELERY_BEAT_SCHEDULE = {
     # Fleets' count history (fleets/history.py): hourly roll-up after a week, pruned with the transitions.
     "compact-fleet-history": {
         "task": "fleets.tasks.compact_fleet_history",
+        "schedule": 3600.0,
+        "options": {"expires": 3600.0},
+    },
+    # Notifications (notifications/engine.py): evaluate the outbox, group, hand due deliveries to workers.
+    "notify-dispatch": {
+        "task": "notifications.tasks.dispatch",
+        "schedule": float(FLEETSTATUS_NOTIFY_TICK_SECONDS),
+        "options": {"expires": float(FLEETSTATUS_NOTIFY_TICK_SECONDS)},
+    },
+    "notify-prune": {
+        "task": "notifications.tasks.prune",
         "schedule": 3600.0,
         "options": {"expires": 3600.0},
     },

@@ -42,6 +42,7 @@ urlpatterns = [
     path("admin/", admin.site.urls),
     path("devices/", include("devices.urls")),
     path("fleets/", include("fleets.urls")),
+    path("notifications/", include("notifications.urls")),
     # The read API (/api/v1/), its tokens page and the Prometheus endpoint.
     path("", include("readapi.urls")),
     # The device-facing API (balena-compatible paths: /device/..., /services/vpn/...) and its OpenAPI

@@ -297,9 +297,58 @@ def build_document() -> dict[str, Any]:
         },
         "components": {
             "securitySchemes": {"bearerAuth": {"type": "http", "scheme": "bearer"}},
-            "schemas": SCHEMAS,
+            "schemas": {**SCHEMAS, **WEBHOOK_SCHEMAS},
         },
     }
+
+
+# What notification channels POST to webhook targets (OpenAPI 3.0 has no "webhooks" object, so
+# the bodies are described as schemas; docs/notifications.md has the headers and the signature).
+_TIME = {"type": "string", "format": "date-time"}
+WEBHOOK_SCHEMAS: dict[str, Any] = {
+    "WebhookDevicesStatusChanged": {
+        "type": "object",
+        "description": "Webhook body of a group of device status changes. Signed: X-Fleetstatus-Signature-256 "
+        "is sha256=<hex HMAC-SHA256 of the raw body with the channel's secret>; X-Fleetstatus-Delivery is the "
+        "same on every attempt of one message.",
+        "properties": {
+            "event": {"type": "string", "enum": ["devices.status_changed"]},
+            "organization": {"type": "string"},
+            "channel": {"type": "string"},
+            "sent_at": _TIME,
+            "changes": {
+                "type": "array",
+                "maxItems": 1000,
+                "items": {
+                    "type": "object",
+                    "properties": {
+                        "uuid": {"type": "string"},
+                        "name": {"type": "string"},
+                        "fleet": {"type": "string"},
+                        "from": {"type": "string"},
+                        "to": STATUS,
+                        "at": _TIME,
+                    },
+                    "required": ["uuid", "name", "fleet", "from", "to", "at"],
+                },
+            },
+        },
+        "required": ["event", "organization", "channel", "sent_at", "changes"],
+    },
+    "WebhookFleetEvent": {
+        "type": "object",
+        "description": "Webhook body when a fleet crosses a channel's threshold of devices not online, either way.",
+        "properties": {
+            "event": {"type": "string", "enum": ["fleet.degraded", "fleet.recovered"]},
+            "organization": {"type": "string"},
+            "fleet": {"type": "string"},
+            "not_online": {"type": "integer", "minimum": 0},
+            "active": {"type": "integer", "minimum": 0},
+            "at": _TIME,
+        },
+        "required": ["event", "organization", "fleet", "not_online", "active", "at"],
+    },
+}
 
 
 @require_safe

@@ -175,5 +175,7 @@ def pytest_runtest_call(item):
 
         if connection.connection is not None and connection.is_usable():
             wrong = counts.mismatches()
-            assert not wrong, f"kept device counts differ from the devices: {{(org, fleet, status): (kept, real)}} {wrong}"
+            assert not wrong, (
+                f"kept device counts differ from the devices: {{(org, fleet, status): (kept, real)}} {wrong}"
+            )
     return result

@@ -50,7 +50,9 @@ def test_compiled_rule_matches_the_interpreted_one_for_every_combination():
 
 def _fleets(org) -> dict[bool, Fleet]:
     return {
-        switch: Fleet.objects.create(organization=org, slug=f"bulk-cl-{switch}".lower(), name=f"cl {switch}", cloudlink_enabled=switch)
+        switch: Fleet.objects.create(
+            organization=org, slug=f"bulk-cl-{switch}".lower(), name=f"cl {switch}", cloudlink_enabled=switch
+        )
         for switch in (True, False)
     }
 
@@ -140,7 +142,11 @@ def test_set_based_expiry_equals_the_per_row_path_for_every_status_combination(o
     Device.objects.filter(pk__in=b_ids).update(heartbeat_deadline=DEADLINE)
     locked = list(lock(Device.objects.filter(pk__in=b_ids)))
     expected = apply_locked(
-        locked, {"api_heartbeat_state": HeartbeatState.OFFLINE}, services.HEARTBEAT_EXPIRED, T0, transition_at_field="heartbeat_deadline"
+        locked,
+        {"api_heartbeat_state": HeartbeatState.OFFLINE},
+        services.HEARTBEAT_EXPIRED,
+        T0,
+        transition_at_field="heartbeat_deadline",
     )
     assert written == expected > 0
     rows, history = _by_name()

@@ -24,7 +24,9 @@ def run(*args) -> list[str]:
 
 
 def test_create_organization_and_errors():
-    assert run("create_organization", "globex", "--name", "Globex", "--tier", "paid", "--allowance", "5")[-1] == "globex"
+    assert (
+        run("create_organization", "globex", "--name", "Globex", "--tier", "paid", "--allowance", "5")[-1] == "globex"
+    )
     org = Organization.objects.get(slug="globex")
     assert (org.name, org.tier, org.device_allowance) == ("Globex", "paid", 5)
     with pytest.raises(CommandError, match="already exists"):
@@ -76,8 +78,15 @@ def test_load_demo_has_every_status_and_is_idempotent(settings, tmp_path):
     assert lines[-1].startswith("login: demo / ")
     statuses = set(Device.objects.filter(organization__slug="demo").values_list("overall_status", flat=True))
     assert statuses == {
-        "online", "online-vpn-only", "online-heartbeat-only", "offline", "configuring", "updating",
-        "post-provisioning", "inactive", "frozen",
+        "online",
+        "online-vpn-only",
+        "online-heartbeat-only",
+        "offline",
+        "configuring",
+        "updating",
+        "post-provisioning",
+        "inactive",
+        "frozen",
     }
     secrets = json.loads((tmp_path / "demo.json").read_text())
     fleet = Fleet.objects.get(organization__slug="demo", slug="kiosks")

@@ -223,3 +223,36 @@ def test_dashboard_and_documented_alerts_query_only_exported_metrics(make_device
     docs = (root / "docs" / "api.md").read_text()
     used = set(re.findall(r"fleetstatus_\w+", "\n".join(exprs) + docs.split("Alerts:")[1]))
     assert used and used <= exported, used - exported
+
+
+def test_real_deliveries_are_counted_by_result(org, settings):
+    """A message the receiver takes counts "delivered"; one it refuses with a 500 counts "pending" (retried)."""
+    from django.utils import timezone
+
+    from notifications import sending
+    from notifications.models import Channel, Delivery
+    from notifications.receiver import Receiver
+
+    settings.FLEETSTATUS_WEBHOOK_ALLOW_PRIVATE = True
+    receiver = Receiver().start()
+    try:
+        channel = Channel.objects.create(organization=org, name="ops", url=receiver.url)
+        now = timezone.now()
+
+        def delivery() -> Delivery:
+            return Delivery.objects.create(
+                channel=channel,
+                event=Delivery.Event.TEST,
+                payload={"message": "hi"},
+                created_at=now,
+                next_attempt_at=now,
+            )
+
+        assert sending.deliver(delivery().pk, now) == "delivered"
+        receiver.respond([500])
+        assert sending.deliver(delivery().pk, now) == "pending"
+    finally:
+        receiver.stop()
+    samples = scrape()
+    assert value(samples, "fleetstatus_notification_deliveries_total", result="delivered") == 1
+    assert value(samples, "fleetstatus_notification_deliveries_total", result="pending") == 1

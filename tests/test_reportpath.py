@@ -67,5 +67,7 @@ def test_a_lost_database_is_a_503_with_retry_after(client, device, monkeypatch):
 
 
 def test_a_host_outside_allowed_hosts_is_refused(client, device):
-    r = send(client, "PATCH", URL, {device.uuid: {"status": "Idle"}}, key=device.api_key, headers={"Host": "evil.example"})
+    r = send(
+        client, "PATCH", URL, {device.uuid: {"status": "Idle"}}, key=device.api_key, headers={"Host": "evil.example"}
+    )
     assert r.status_code == 400

@@ -17,7 +17,9 @@ pytestmark = pytest.mark.django_db
 
 
 def history(device):
-    return list(StatusTransition.objects.filter(device=device).order_by("at", "id").values_list("from_status", "to_status"))
+    return list(
+        StatusTransition.objects.filter(device=device).order_by("at", "id").values_list("from_status", "to_status")
+    )
 
 
 def test_new_device_is_configuring_with_a_first_transition(make_device):
@@ -62,7 +64,9 @@ def test_steady_heartbeat_is_one_update_and_no_transition(make_device, django_as
 def test_allowance_freezes_newest_activated(org, make_device):
     for i in range(4):
         make_device(name=f"d{i}", at=T0 + timedelta(minutes=i))
-    services.update_organization(org, {"device_allowance": 2, "tier": Tier.FREE}, reason="plan change", at=T0 + timedelta(hours=1))
+    services.update_organization(
+        org, {"device_allowance": 2, "tier": Tier.FREE}, reason="plan change", at=T0 + timedelta(hours=1)
+    )
     states = {d.name: d.overall_status for d in Device.objects.all()}
     assert states == {"d0": "configuring", "d1": "configuring", "d2": "frozen", "d3": "frozen"}
     assert Device.objects.get(name="d3").frozen_reason.startswith("Beyond the organization's device allowance")

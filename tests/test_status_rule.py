@@ -97,7 +97,9 @@ def test_function_matches_design_table_for_every_combination():
 @pytest.mark.django_db
 def test_database_expression_matches_function_for_every_combination(org):
     fleets = {
-        switch: Fleet.objects.create(organization=org, slug=f"cl-{switch}".lower(), name=str(switch), cloudlink_enabled=switch)
+        switch: Fleet.objects.create(
+            organization=org, slug=f"cl-{switch}".lower(), name=str(switch), cloudlink_enabled=switch
+        )
         for switch in (True, False)
     }
     combos = list(all_combinations())
@@ -126,7 +128,10 @@ def test_database_expression_matches_function_for_every_combination(org):
         ({"api_heartbeat_state": "unknown", "last_connectivity_event": T}, Status.OFFLINE),  # row 5, had a tunnel once
         ({"api_heartbeat_state": "online", "update_status": "downloading"}, Status.UPDATING),  # row 6
         ({"api_heartbeat_state": "online", "status": "Downloading", "download_progress": 10}, Status.UPDATING),  # 6
-        ({"api_heartbeat_state": "online", "is_connected_to_vpn": True, "provisioning_progress": 5}, Status.CONFIGURING),  # 7
+        (
+            {"api_heartbeat_state": "online", "is_connected_to_vpn": True, "provisioning_progress": 5},
+            Status.CONFIGURING,
+        ),  # 7
         ({"api_heartbeat_state": "offline", "is_connected_to_vpn": True}, Status.ONLINE_VPN_ONLY),  # row 8
         ({"api_heartbeat_state": "online"}, Status.ONLINE_HEARTBEAT_ONLY),  # row 9
         ({"api_heartbeat_state": "online", "effective_cloudlink": False}, Status.ONLINE),  # row 10, cloudlink off
@@ -135,9 +140,17 @@ def test_database_expression_matches_function_for_every_combination(org):
 )
 def test_each_row_of_the_table(signals, expected):
     base = {
-        "is_active": True, "is_frozen": False, "provisioning_state": "", "provisioning_progress": None,
-        "api_heartbeat_state": "unknown", "is_connected_to_vpn": False, "last_connectivity_event": None,
-        "update_status": None, "status": "", "download_progress": None, "effective_cloudlink": True,
+        "is_active": True,
+        "is_frozen": False,
+        "provisioning_state": "",
+        "provisioning_progress": None,
+        "api_heartbeat_state": "unknown",
+        "is_connected_to_vpn": False,
+        "last_connectivity_event": None,
+        "update_status": None,
+        "status": "",
+        "download_progress": None,
+        "effective_cloudlink": True,
     }
     assert compute_status({**base, **signals}) == expected
 
@@ -148,6 +161,13 @@ def test_expression_has_one_branch_per_rule():
 
 def test_labels_are_exactly_the_design_labels():
     assert [s.label for s in Status] == [
-        "Online", "Online (VPN Only)", "Online (Heartbeat Only)", "Offline", "Configuring", "Updating",
-        "Post Provisioning", "Inactive", "Frozen",
+        "Online",
+        "Online (VPN Only)",
+        "Online (Heartbeat Only)",
+        "Offline",
+        "Configuring",
+        "Updating",
+        "Post Provisioning",
+        "Inactive",
+        "Frozen",
     ]

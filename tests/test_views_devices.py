@@ -569,7 +569,14 @@ def test_only_safe_methods(owner_client):
 
 @pytest.mark.parametrize(
     "params",
-    ["", "status=offline", "status=offline&status=updating&page=3", "q=a+b%26c&sort=-name", "page=2", "fleet=org/ki+osks&q=é"],
+    [
+        "",
+        "status=offline",
+        "status=offline&status=updating&page=3",
+        "q=a+b%26c&sort=-name",
+        "page=2",
+        "fleet=org/ki+osks&q=é",
+    ],
 )
 @pytest.mark.parametrize(
     "changes", [{"status": None, "page": None}, {"status": "online", "page": None}, {"sort": "-name", "page": None}]

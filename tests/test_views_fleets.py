@@ -135,7 +135,7 @@ def test_htmx_poll_renders_the_fragment_only(owner_client, make_device):
     assert "<html" not in body and '<header class="topbar"' not in body
 
 
-FLEETS_QUERIES = 6  # session, user, memberships, fleets, kept counts by fleet and status, dead-man's switch
+FLEETS_QUERIES = 8  # session, user, memberships, fleets, kept counts by fleet and status, dead-man's switch; notifications: owned fleets, fleet mutes
 
 
 def _queries(client) -> int:
@@ -230,6 +230,8 @@ def test_bad_sort_or_page_is_named_and_ignored(owner_client, make_fleet, org):
         make_fleet(org, f"f{i}")
     response = owner_client.get(URL + "?sort=bogus&page=x")
     assert response.status_code == 200 and fleet_order(response) == ["f0", "f1", "f2"]
-    assert "Cannot sort fleets by 'bogus'" in text(html(response)) and "Page 'x' is not a page number" in text(html(response))
+    assert "Cannot sort fleets by 'bogus'" in text(html(response)) and "Page 'x' is not a page number" in text(
+        html(response)
+    )
     beyond = owner_client.get(URL + "?page=99")
     assert fleet_order(beyond) == ["f3"] and "There is no page 99; showing the last page (2)." in text(html(beyond))

@@ -97,7 +97,9 @@ def cached_answer(meta: dict, uuid: str) -> tuple[int, bytes] | None:
     if found.outcome == devcache.FROZEN:
         return 304, b""
     count_heartbeats()
-    return 200, target_state_body(uuid, found.name, config_for(found.effective_poll_interval, found.effective_cloudlink))
+    return 200, target_state_body(
+        uuid, found.name, config_for(found.effective_poll_interval, found.effective_cloudlink)
+    )
 
 
 class _EnvironRequest(HttpRequest):

@@ -94,7 +94,9 @@ def redis_server(reliability_dir: Path) -> Iterator[RedisServer]:
 
 
 @pytest.fixture
-def make_stack(request: pytest.FixtureRequest, pg_cluster: PostgresServer, redis_server: RedisServer, reliability_dir: Path) -> Iterator[Callable[..., AppStack]]:
+def make_stack(
+    request: pytest.FixtureRequest, pg_cluster: PostgresServer, redis_server: RedisServer, reliability_dir: Path
+) -> Iterator[Callable[..., AppStack]]:
     """make_stack(**env) -> AppStack on a fresh database copied from the migrated template."""
     made: list[tuple[AppStack, str]] = []
     request.node._stacks = []
@@ -104,7 +106,9 @@ def make_stack(request: pytest.FixtureRequest, pg_cluster: PostgresServer, redis
         pg_cluster.create_database(dbname, template=TEMPLATE_DB)
         stack_dir = reliability_dir / dbname
         stack_dir.mkdir()
-        stack = AppStack(dir=stack_dir, env=app_env(pg_cluster, redis_server, dbname, **extra_env), pg=pg_cluster, dbname=dbname)
+        stack = AppStack(
+            dir=stack_dir, env=app_env(pg_cluster, redis_server, dbname, **extra_env), pg=pg_cluster, dbname=dbname
+        )
         made.append((stack, dbname))
         request.node._stacks.append(stack)
         return stack

@@ -17,4 +17,7 @@ def add(section: str, **counts: int) -> None:
 
 
 def lines() -> list[str]:
-    return [f"{section}: " + ", ".join(f"{name}={value}" for name, value in counts.items()) for section, counts in FIGURES.items()]
+    return [
+        f"{section}: " + ", ".join(f"{name}={value}" for name, value in counts.items())
+        for section, counts in FIGURES.items()
+    ]

@@ -30,8 +30,11 @@ def register_devices(base_url: str, provisioning_key: str, count: int, *, timeou
     devices = []
     with httpx.Client(base_url=base_url, timeout=timeout) as client:
         for _ in range(count):
-            response = client.post("/device/register", json={"uuid": secrets.token_hex(16), "device_type": "raspberrypi4-64"},
-                                   headers={"Authorization": f"Bearer {provisioning_key}"})
+            response = client.post(
+                "/device/register",
+                json={"uuid": secrets.token_hex(16), "device_type": "raspberrypi4-64"},
+                headers={"Authorization": f"Bearer {provisioning_key}"},
+            )
             assert response.status_code == 201, response.text
             body = response.json()
             devices.append(Registered(body["uuid"], body["api_key"]))
@@ -40,8 +43,12 @@ def register_devices(base_url: str, provisioning_key: str, count: int, *, timeou
 
 def tunnel(base_url: str, service_key: str, uuids: list[str], up: bool, service_id: int = 1) -> httpx.Response:
     endpoint = "client-connect" if up else "client-disconnect"
-    response = httpx.post(f"{base_url}/services/vpn/{endpoint}", json={"uuids": uuids, "serviceId": service_id},
-                          headers={"Authorization": f"Bearer {service_key}"}, timeout=30)
+    response = httpx.post(
+        f"{base_url}/services/vpn/{endpoint}",
+        json={"uuids": uuids, "serviceId": service_id},
+        headers={"Authorization": f"Bearer {service_key}"},
+        timeout=30,
+    )
     assert response.status_code == 200, response.text
     return response
 
@@ -116,7 +123,9 @@ class HeartbeatLoad:
                                 if response.status_code == 503:
                                     self.missing_retry_after += 1
                                 if len(self.server_errors) < 20:
-                                    self.server_errors.append(f"{response.status_code} at {started:.1f}: {response.text[:300]}")
+                                    self.server_errors.append(
+                                        f"{response.status_code} at {started:.1f}: {response.text[:300]}"
+                                    )
             await asyncio.sleep(self.period)
 
 
@@ -150,5 +159,7 @@ def false_offlines(load: HeartbeatLoad, transitions: dict[str, list[tuple]], win
             earned = [f for f in fetches if f[0] > deadline - window + slack and f[1] < deadline - slack]
             if earned:
                 sent, answered = earned[-1]
-                wrong.append(f"{uuid} offline at {at.isoformat()} but a fetch sent at {_iso(sent)} was answered 200 at {_iso(answered)}")
+                wrong.append(
+                    f"{uuid} offline at {at.isoformat()} but a fetch sent at {_iso(sent)} was answered 200 at {_iso(answered)}"
+                )
     return wrong

@@ -59,7 +59,10 @@ def wait_until(predicate: Callable[[], Any], *, timeout: float, interval: float 
         except Exception as exc:  # a service still starting refuses connections: keep polling
             last_error = exc
         if time.monotonic() >= deadline:
-            raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}" + (f" (last error: {last_error})" if last_error else ""))
+            raise TimeoutError(
+                f"timed out after {timeout:.0f}s waiting for {what}"
+                + (f" (last error: {last_error})" if last_error else "")
+            )
         time.sleep(interval)
 
 
@@ -79,11 +82,15 @@ def _run_as_postgres_prefix() -> list[str]:
         return []
     runuser = shutil.which("runuser")
     if runuser is None:
-        raise ServiceUnavailable("running as root, PostgreSQL must run as the postgres user, but runuser is not installed")
+        raise ServiceUnavailable(
+            "running as root, PostgreSQL must run as the postgres user, but runuser is not installed"
+        )
     try:
         pwd.getpwnam("postgres")
     except KeyError:
-        raise ServiceUnavailable("running as root, PostgreSQL must run as the postgres user, which does not exist") from None
+        raise ServiceUnavailable(
+            "running as root, PostgreSQL must run as the postgres user, which does not exist"
+        ) from None
     return [runuser, "-u", "postgres", "--"]
 
 
@@ -127,11 +134,25 @@ class PostgresServer:
             shutil.chown(self.dir, "postgres", "postgres")
             shutil.chown(self.socket_dir, "postgres", "postgres")
         # fsync off and --no-sync: the cluster is thrown away; durability is not what is tested.
-        self._run(str(self.bin / "initdb"), "-D", str(self.data), "-A", "trust", "-U", "postgres", "-E", "UTF8", "--no-sync")
+        self._run(
+            str(self.bin / "initdb"), "-D", str(self.data), "-A", "trust", "-U", "postgres", "-E", "UTF8", "--no-sync"
+        )
 
     def start(self) -> None:
         options = f"-p {self.port} -k {self.socket_dir} -c listen_addresses=127.0.0.1 -c fsync=off -c full_page_writes=off -c max_connections=200"
-        self._run(str(self.bin / "pg_ctl"), "-D", str(self.data), "-l", str(self.log), "-o", options, "-w", "-t", "60", "start")
+        self._run(
+            str(self.bin / "pg_ctl"),
+            "-D",
+            str(self.data),
+            "-l",
+            str(self.log),
+            "-o",
+            options,
+            "-w",
+            "-t",
+            "60",
+            "start",
+        )
         wait_until(lambda: port_open(self.port), timeout=30, what=f"PostgreSQL on {self.port}")
 
     def stop(self, mode: str = "fast") -> None:
@@ -152,7 +173,9 @@ class PostgresServer:
     def sql(self, statement: str, *, dbname: str = "postgres", params: tuple = ()) -> list[tuple]:
         import psycopg
 
-        with psycopg.connect(host="127.0.0.1", port=self.port, user="postgres", dbname=dbname, autocommit=True, connect_timeout=5) as conn:
+        with psycopg.connect(
+            host="127.0.0.1", port=self.port, user="postgres", dbname=dbname, autocommit=True, connect_timeout=5
+        ) as conn:
             cur = conn.execute(statement, params)
             return cur.fetchall() if cur.description else []
 
@@ -184,9 +207,24 @@ class RedisServer:
         assert self.proc is None or self.proc.poll() is not None, "already running"
         log = open(self.dir / "server.log", "ab")
         self.proc = subprocess.Popen(
-            [self.bin, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-             "--dir", str(self.dir), "--protected-mode", "no"],
-            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            [
+                self.bin,
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(self.dir),
+                "--protected-mode",
+                "no",
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
         log.close()
         wait_until(self.ping, timeout=20, what=f"Redis on {self.port}")
@@ -243,31 +281,75 @@ class AppStack:
         log.write(f"\n===== start {time.strftime('%H:%M:%S')}: {' '.join(cmd)}\n".encode())
         log.flush()
         # Own session: stopping a process stops its children (gunicorn's and Celery's workers) too.
-        proc = subprocess.Popen(cmd, cwd=ROOT, env={**self.env, **(env or {})}, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(
+            cmd, cwd=ROOT, env={**self.env, **(env or {})}, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
         log.close()
         self.procs[name] = proc
         return proc
 
     def start_web(self, workers: int = 2, threads: int = 4) -> None:
-        self._spawn("web", [str(VENV_BIN / "gunicorn"), "fleetstatus.wsgi", "--bind", f"127.0.0.1:{self.web_port}",
-                            "--workers", str(workers), "--threads", str(threads), "--graceful-timeout", "5",
-                            "--timeout", "60"])
+        self._spawn(
+            "web",
+            [
+                str(VENV_BIN / "gunicorn"),
+                "fleetstatus.wsgi",
+                "--bind",
+                f"127.0.0.1:{self.web_port}",
+                "--workers",
+                str(workers),
+                "--threads",
+                str(threads),
+                "--graceful-timeout",
+                "5",
+                "--timeout",
+                "60",
+            ],
+        )
         import httpx
 
-        wait_until(lambda: httpx.get(f"{self.base_url}/healthz", timeout=2).status_code == 200, timeout=60, what="gunicorn")
+        wait_until(
+            lambda: httpx.get(f"{self.base_url}/healthz", timeout=2).status_code == 200, timeout=60, what="gunicorn"
+        )
 
     def start_worker(self, name: str = "worker", concurrency: int = 2) -> None:
-        self._spawn(name, [str(VENV_BIN / "celery"), "-A", "fleetstatus", "worker", "--loglevel", "INFO",
-                           "--concurrency", str(concurrency), "--hostname", f"{name}@%h", "--without-gossip",
-                           "--without-mingle"])
+        self._spawn(
+            name,
+            [
+                str(VENV_BIN / "celery"),
+                "-A",
+                "fleetstatus",
+                "worker",
+                "--loglevel",
+                "INFO",
+                "--concurrency",
+                str(concurrency),
+                "--hostname",
+                f"{name}@%h",
+                "--without-gossip",
+                "--without-mingle",
+            ],
+        )
         wait_until(lambda: "ready." in self.log(name), timeout=60, what=f"celery {name}")
 
     def start_beat(self, name: str = "beat") -> None:
         # Each beat keeps its schedule file in its own directory, as two machines would.
         var = self.dir / f"{name}-var"
         var.mkdir(exist_ok=True)
-        self._spawn(name, [str(VENV_BIN / "celery"), "-A", "fleetstatus", "beat", "--loglevel", "INFO",
-                           "--schedule", str(var / "celerybeat-schedule")], env={"FLEETSTATUS_VAR_DIR": str(var)})
+        self._spawn(
+            name,
+            [
+                str(VENV_BIN / "celery"),
+                "-A",
+                "fleetstatus",
+                "beat",
+                "--loglevel",
+                "INFO",
+                "--schedule",
+                str(var / "celerybeat-schedule"),
+            ],
+            env={"FLEETSTATUS_VAR_DIR": str(var)},
+        )
         wait_until(lambda: "beat: Starting" in self.log(name), timeout=60, what=f"celery {name}")
 
     def stop(self, name: str, sig: int = signal.SIGTERM, timeout: float = 20) -> None:
@@ -294,7 +376,9 @@ class AppStack:
         return path.read_text(errors="replace") if path.exists() else ""
 
     def logs_tail(self, chars: int = 8000) -> str:
-        return "\n".join(f"--- {p.stem} ---\n{p.read_text(errors='replace')[-chars:]}" for p in sorted(self.dir.glob("*.log")))
+        return "\n".join(
+            f"--- {p.stem} ---\n{p.read_text(errors='replace')[-chars:]}" for p in sorted(self.dir.glob("*.log"))
+        )
 
     def sql(self, statement: str, params: tuple = ()) -> list[tuple]:
         """A query on this stack's database straight from the test (no Django start-up cost)."""
@@ -303,17 +387,28 @@ class AppStack:
 
     def statuses(self) -> dict[str, tuple[str, str]]:
         """uuid -> (overall_status, api_heartbeat_state), read directly."""
-        return {u: (s, h) for u, s, h in self.sql("SELECT uuid, overall_status, api_heartbeat_state FROM devices_device")}
+        return {
+            u: (s, h) for u, s, h in self.sql("SELECT uuid, overall_status, api_heartbeat_state FROM devices_device")
+        }
 
     def sweep_runs(self) -> list[str]:
         """The worker's log lines of finished sweeps (Celery logs each task's result at INFO)."""
         return [line for line in self.log_all("worker") if "devices.tasks.sweep" in line and "succeeded" in line]
 
     def log_all(self, prefix: str) -> list[str]:
-        return [line for p in sorted(self.dir.glob(f"{prefix}*.log")) for line in p.read_text(errors="replace").splitlines()]
+        return [
+            line for p in sorted(self.dir.glob(f"{prefix}*.log")) for line in p.read_text(errors="replace").splitlines()
+        ]
 
     def manage(self, *args: str, timeout: float = 300) -> str:
-        result = subprocess.run([sys.executable, "manage.py", *args], cwd=ROOT, env=self.env, capture_output=True, text=True, timeout=timeout)
+        result = subprocess.run(
+            [sys.executable, "manage.py", *args],
+            cwd=ROOT,
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
         if result.returncode != 0:
             raise RuntimeError(f"manage.py {' '.join(args)} failed: {result.stdout}{result.stderr}")
         return result.stdout
@@ -322,7 +417,11 @@ class AppStack:
         """Run tests/reliability/probe.py against this stack's database and return its JSON answer."""
         result = subprocess.run(
             [sys.executable, "-m", "tests.reliability.probe", command, json.dumps(kwargs)],
-            cwd=ROOT, env=self.env, capture_output=True, text=True, timeout=300,
+            cwd=ROOT,
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=300,
         )
         if result.returncode != 0:
             raise RuntimeError(f"probe {command} failed: {result.stdout}{result.stderr}")

@@ -59,7 +59,9 @@ def _assert_consistent(stack: AppStack) -> dict:
     """The soak invariants, computed by the app's own code: stored == recomputed, unbroken chains."""
     report = stack.probe("check")
     assert report["status_mismatches"] == 0, "\n".join(map(str, report["mismatch_examples"]))
-    assert report["broken_chains"] == 0, f"{report['broken_chains']} broken chains:\n" + "\n".join(report["broken_examples"])
+    assert report["broken_chains"] == 0, f"{report['broken_chains']} broken chains:\n" + "\n".join(
+        report["broken_examples"]
+    )
     return report
 
 
@@ -89,7 +91,9 @@ def test_redis_outage_during_heartbeat_load(make_stack, redis_server: RedisServe
         # Redis goes away for longer than two heartbeat windows while every device keeps fetching.
         redis_server.stop()
         outage_started = time.monotonic()
-        wait_until(lambda: time.monotonic() - outage_started > 2 * WINDOW.total_seconds() + 1, timeout=30, what="outage")
+        wait_until(
+            lambda: time.monotonic() - outage_started > 2 * WINDOW.total_seconds() + 1, timeout=30, what="outage"
+        )
         during = load.snapshot() - before_outage
         assert during[200] > len(devices), f"fetches did not keep succeeding during the outage: {dict(during)}"
 
@@ -100,7 +104,9 @@ def test_redis_outage_during_heartbeat_load(make_stack, redis_server: RedisServe
         load.silence(silent)
         wait_until(lambda: _sweeps_since(stack, returned_at), timeout=60, what="a sweep after Redis returned")
         first_sweep_after = stack.sql("SELECT last_success_at FROM devices_taskrun WHERE name = 'sweep'")[0][0]
-        wait_until(lambda: all(stack.statuses()[u][1] == "offline" for u in silent), timeout=30, what="silent devices offline")
+        wait_until(
+            lambda: all(stack.statuses()[u][1] == "offline" for u in silent), timeout=30, what="silent devices offline"
+        )
         converged_at = _db_now(stack)
     finally:
         load.stop()
@@ -112,7 +118,9 @@ def test_redis_outage_during_heartbeat_load(make_stack, redis_server: RedisServe
     unearned = false_offlines(load, transitions, WINDOW.total_seconds())
     assert not unearned, "\n".join(unearned)
     wrongly_offline = [u for u in alive if _expiries(transitions, u)]
-    assert not wrongly_offline, f"{len(wrongly_offline)} devices that kept fetching were marked Offline: {transitions[wrongly_offline[0]]}"
+    assert not wrongly_offline, (
+        f"{len(wrongly_offline)} devices that kept fetching were marked Offline: {transitions[wrongly_offline[0]]}"
+    )
     for u in silent:
         offline = _expiries(transitions, u)
         assert len(offline) == 1, f"{u}: {offline}"
@@ -124,8 +132,10 @@ def test_redis_outage_during_heartbeat_load(make_stack, redis_server: RedisServe
     report = _assert_consistent(stack)
     figures.add("faults survived", redis_outage=1)
     figures.add("fault test devices", devices=report["devices"], transitions=report["transitions"], requests=load.total)
-    print(f"redis outage: {dict(load.codes)}; first sweep {(first_sweep_after - returned_at).total_seconds():.1f}s "
-          f"after Redis returned; converged {lag:.1f}s after the last deadline")
+    print(
+        f"redis outage: {dict(load.codes)}; first sweep {(first_sweep_after - returned_at).total_seconds():.1f}s "
+        f"after Redis returned; converged {lag:.1f}s after the last deadline"
+    )
 
 
 def test_postgres_restart_app_and_worker_reconnect(make_stack, pg_cluster: PostgresServer) -> None:
@@ -156,15 +166,20 @@ def test_postgres_restart_app_and_worker_reconnect(make_stack, pg_cluster: Postg
         silent = uuids[::3]
         silenced_at = _db_now(stack)
         load.silence(silent)
-        wait_until(lambda: all(stack.statuses()[u][1] == "offline" for u in silent), timeout=30, what="silent devices offline")
-        wait_until(lambda: _sweeps_since(stack, silenced_at + WINDOW + timedelta(seconds=2)), timeout=30, what="later sweeps")
+        wait_until(
+            lambda: all(stack.statuses()[u][1] == "offline" for u in silent), timeout=30, what="silent devices offline"
+        )
+        wait_until(
+            lambda: _sweeps_since(stack, silenced_at + WINDOW + timedelta(seconds=2)), timeout=30, what="later sweeps"
+        )
     finally:
         load.stop()
     # While it was down: 503 with Retry-After (fleetstatus.middleware), never a 500.
     assert not load.server_errors, f"5xx other than 503 + Retry-After: {load.server_errors}"
     assert load.missing_retry_after == 0
     assert settled[200] > 0 and all(not str(code).startswith(("5", "transport")) for code in settled), (
-        f"fetches still failing after the restart: {dict(settled)}")
+        f"fetches still failing after the restart: {dict(settled)}"
+    )
     assert all(stack.running(name) for name in ("web", "worker", "beat")), "a process died instead of reconnecting"
     transitions = _transitions(stack)
     # While PostgreSQL was down no fetch could be authenticated, so a device may truly have gone a
@@ -180,8 +195,10 @@ def test_postgres_restart_app_and_worker_reconnect(make_stack, pg_cluster: Postg
     figures.add("fault test devices", devices=report["devices"], transitions=report["transitions"], requests=load.total)
     alive = [u for u in uuids if u not in silent]
     earned = sum(1 for u in alive for _ in _expiries(transitions, u))
-    print(f"postgres restart: while down {dict(outage)}, afterwards {dict(settled)}; "
-          f"{earned} earned expiries of devices that could not fetch while it was down")
+    print(
+        f"postgres restart: while down {dict(outage)}, afterwards {dict(settled)}; "
+        f"{earned} earned expiries of devices that could not fetch while it was down"
+    )
 
 
 @pytest.mark.parametrize("down", ["worker+beat", "worker"])
@@ -200,7 +217,9 @@ def test_worker_down_then_one_catch_up_run_at_true_deadlines(make_stack, down: s
         # Long enough for many deadlines and (with beat up) many queued sweeps to pass unserved.
         stopped = time.monotonic()
         wait_until(lambda: time.monotonic() - stopped > 4 * WINDOW.total_seconds(), timeout=30)
-        assert all(stack.statuses()[u][1] == "online" for u in silent), "something expired heartbeats with the worker down"
+        assert all(stack.statuses()[u][1] == "online" for u in silent), (
+            "something expired heartbeats with the worker down"
+        )
         returned_at = _db_now(stack)
         runs_before = len(stack.sweep_runs())
         stack.start_worker()
@@ -211,14 +230,18 @@ def test_worker_down_then_one_catch_up_run_at_true_deadlines(make_stack, down: s
     finally:
         load.stop()
     transitions = _transitions(stack)
-    deadlines = dict(stack.sql("SELECT uuid, heartbeat_deadline FROM devices_device WHERE api_heartbeat_state = 'offline'"))
+    deadlines = dict(
+        stack.sql("SELECT uuid, heartbeat_deadline FROM devices_device WHERE api_heartbeat_state = 'offline'")
+    )
     for u in silent:
         offline = _expiries(transitions, u)
         assert len(offline) == 1, f"{u}: {offline}"
         at = offline[0][2]
         # Stamped at the deadline (last fetch + window), long before the worker came back.
         assert at == deadlines[u], f"{u}: transition at {at}, deadline {deadlines[u]}"
-        assert at < returned_at - WINDOW, f"{u}: transition at {at} is not its true deadline (worker back at {returned_at})"
+        assert at < returned_at - WINDOW, (
+            f"{u}: transition at {at} is not its true deadline (worker back at {returned_at})"
+        )
     alive = [u for u in uuids if u not in silent]
     assert not [u for u in alive if _expiries(transitions, u)]
     # One catch-up run expired them all; the runs after it had nothing to do.
@@ -240,14 +263,21 @@ def test_two_beats_each_transition_exactly_once(make_stack) -> None:
         silent = uuids[::2]
         load.silence(silent)
         silenced_at = _db_now(stack)
-        wait_until(lambda: all(stack.statuses()[u][1] == "offline" for u in silent), timeout=30, what="silent devices offline")
-        wait_until(lambda: _sweeps_since(stack, silenced_at + WINDOW + timedelta(seconds=3)), timeout=30, what="later sweeps")
+        wait_until(
+            lambda: all(stack.statuses()[u][1] == "offline" for u in silent), timeout=30, what="silent devices offline"
+        )
+        wait_until(
+            lambda: _sweeps_since(stack, silenced_at + WINDOW + timedelta(seconds=3)), timeout=30, what="later sweeps"
+        )
     finally:
         load.stop()
     # Both beats really scheduled: about two sweeps per interval reached the worker.
     received = [line for line in stack.log_all("worker") if "Task devices.tasks.sweep" in line and "received" in line]
     beat_sends = sum(log.count("Scheduler: Sending due task sweep") for log in (stack.log("beat1"), stack.log("beat2")))
-    assert stack.log("beat1").count("Sending due task sweep") > 3 and stack.log("beat2").count("Sending due task sweep") > 3
+    assert (
+        stack.log("beat1").count("Sending due task sweep") > 3
+        and stack.log("beat2").count("Sending due task sweep") > 3
+    )
     transitions = _transitions(stack)
     duplicates = {u: _expiries(transitions, u) for u in silent if len(_expiries(transitions, u)) != 1}
     assert not duplicates, f"offline transitions not exactly once: {duplicates}"

@@ -58,8 +58,12 @@ HYPOTHESIS = dict(
     deadline=None,
     database=None,
     phases=[Phase.explicit, Phase.generate, Phase.shrink],
-    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow, HealthCheck.filter_too_much,
-                           HealthCheck.data_too_large],
+    suppress_health_check=[
+        HealthCheck.function_scoped_fixture,
+        HealthCheck.too_slow,
+        HealthCheck.filter_too_much,
+        HealthCheck.data_too_large,
+    ],
 )
 
 # The key each operation needs; anything else must be refused.
@@ -71,8 +75,19 @@ RIGHT_KEY = {
     "POST /services/vpn/client-disconnect": "service",
 }
 # Weighted: the right key half the time so the handlers are reached, every wrong kind otherwise.
-AUTH_CHOICES = ["right"] * 6 + ["generated", "none", "peer_device", "foreign_device", "provisioning", "foreign_provisioning",
-                                "service", "own_device", "garbage", "basic", "empty_bearer"]
+AUTH_CHOICES = ["right"] * 6 + [
+    "generated",
+    "none",
+    "peer_device",
+    "foreign_device",
+    "provisioning",
+    "foreign_provisioning",
+    "service",
+    "own_device",
+    "garbage",
+    "basic",
+    "empty_bearer",
+]
 TARGET_CHOICES = ["own"] * 5 + ["generated", "peer", "foreign", "fresh", "own_and_peer"]
 
 
@@ -100,9 +115,21 @@ def world(db) -> World:
     foreign, foreign_key = services.create_device(other_fleet, secrets.token_hex(31))
     service = generate_key()
     ServiceKey.objects.create(name="tunnel", key_hash=hash_key(service))
-    keys = {"own_device": me_key, "peer_device": peer_key, "foreign_device": foreign_key, "provisioning": provisioning,
-            "foreign_provisioning": foreign_provisioning, "service": service}
-    return World(me=me, peer=peer, foreign=foreign, keys=keys, fleets={"provisioning": fleet, "foreign_provisioning": other_fleet})
+    keys = {
+        "own_device": me_key,
+        "peer_device": peer_key,
+        "foreign_device": foreign_key,
+        "provisioning": provisioning,
+        "foreign_provisioning": foreign_provisioning,
+        "service": service,
+    }
+    return World(
+        me=me,
+        peer=peer,
+        foreign=foreign,
+        keys=keys,
+        fleets={"provisioning": fleet, "foreign_provisioning": other_fleet},
+    )
 
 
 def table_digest() -> str:
@@ -141,8 +168,13 @@ def auth_header(choice: str, operation: str, world: World, garbage: str) -> str 
 
 def retarget(case: schemathesis.Case, operation: str, target: str, world: World) -> None:
     """Point the request at a real device part of the time (the generated UUIDs never exist)."""
-    uuid = {"own": world.me.uuid, "peer": world.peer.uuid, "foreign": world.foreign.uuid,
-            "fresh": secrets.token_hex(16), "own_and_peer": world.me.uuid}.get(target)
+    uuid = {
+        "own": world.me.uuid,
+        "peer": world.peer.uuid,
+        "foreign": world.foreign.uuid,
+        "fresh": secrets.token_hex(16),
+        "own_and_peer": world.me.uuid,
+    }.get(target)
     if operation == "POST /device/register" and target == "own":
         uuid = secrets.token_hex(16)  # a new device registering itself; the others are taken (409)
     if uuid is None:
@@ -191,16 +223,24 @@ def send(client: Client, case: schemathesis.Case, authorization: str | None | No
     else:
         data = kwargs.get("data") or b""
     return client.generic(
-        case.method, case.formatted_path, data=data, content_type=content_type,
-        headers=headers, query_params=kwargs.get("params") or None,
+        case.method,
+        case.formatted_path,
+        data=data,
+        content_type=content_type,
+        headers=headers,
+        query_params=kwargs.get("params") or None,
     )
 
 
 def assert_json_error(response, context: str) -> dict[str, Any]:
     assert 400 <= response.status_code < 500, f"{context}: status {response.status_code}: {response.content[:300]!r}"
-    assert response["Content-Type"].startswith("application/json"), f"{context}: error is not JSON: {response['Content-Type']} {response.content[:300]!r}"
+    assert response["Content-Type"].startswith("application/json"), (
+        f"{context}: error is not JSON: {response['Content-Type']} {response.content[:300]!r}"
+    )
     body = json.loads(response.content)
-    assert isinstance(body, dict) and isinstance(body.get("error"), str) and body["error"], f"{context}: no error message: {body!r}"
+    assert isinstance(body, dict) and isinstance(body.get("error"), str) and body["error"], (
+        f"{context}: no error message: {body!r}"
+    )
     return body
 
 
@@ -260,7 +300,9 @@ def test_fuzz_device_api(world: World, operation: str, mode: GenerationMode) -> 
         fresh = operation != "POST /device/register" or target in ("own", "fresh")  # generated UUIDs repeat: 409
         if mode == GenerationMode.POSITIVE and authorized(operation, auth, target) and fresh:
             # The document must describe the API exactly: what it calls valid is accepted.
-            assert response.status_code in (200, 201), f"{context}: a valid request got {response.status_code}: {response.content[:300]!r}"
+            assert response.status_code in (200, 201), (
+                f"{context}: a valid request got {response.status_code}: {response.content[:300]!r}"
+            )
         if response.status_code >= 400:
             assert_json_error(response, context)
             assert after == before, f"{context}: rejected with {response.status_code} but rows changed"
@@ -272,7 +314,9 @@ def test_fuzz_device_api(world: World, operation: str, mode: GenerationMode) -> 
         if response.status_code == 201:
             key = RIGHT_KEY[operation] if auth == "right" else auth
             created = Device.objects.select_related("fleet").get(uuid=json.loads(response.content)["uuid"])
-            assert created.fleet == world.fleets[key], f"{context}: registered into {created.fleet}, not the key's fleet"
+            assert created.fleet == world.fleets[key], (
+                f"{context}: registered into {created.fleet}, not the key's fleet"
+            )
 
     run()
     total = sum(outcomes.values())
@@ -296,20 +340,43 @@ path_segment = st.one_of(
 )
 raw_body = st.one_of(
     st.binary(max_size=300),
-    st.sampled_from([
-        b"", b"{", b"null", b"[]", b'"text"', b"NaN", b'{"uuid": NaN}', b'{"uuid": 1e999}', b"\xff\xfe{}",
-        b'{"serviceId": 1' + b"0" * 5000 + b', "uuids": []}', b"[" * 100_000 + b"]" * 100_000,
-        b'{"uuids": ["' + b"a" * 32 + b'"], "serviceId": -1}', b'{"uuids": "' + b"a" * 32 + b'", "serviceId": 1}',
-        b'{"uuid": "' + b"x" * 1_000_000 + b'"}', b" " * 3_000_000,
-    ]),
-    st.dictionaries(st.text(max_size=70), st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=300),
-                                                    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=10), children, max_size=4),
-                                                    max_leaves=20), max_size=5).map(lambda d: json.dumps(d).encode()),
+    st.sampled_from(
+        [
+            b"",
+            b"{",
+            b"null",
+            b"[]",
+            b'"text"',
+            b"NaN",
+            b'{"uuid": NaN}',
+            b'{"uuid": 1e999}',
+            b"\xff\xfe{}",
+            b'{"serviceId": 1' + b"0" * 5000 + b', "uuids": []}',
+            b"[" * 100_000 + b"]" * 100_000,
+            b'{"uuids": ["' + b"a" * 32 + b'"], "serviceId": -1}',
+            b'{"uuids": "' + b"a" * 32 + b'", "serviceId": 1}',
+            b'{"uuid": "' + b"x" * 1_000_000 + b'"}',
+            b" " * 3_000_000,
+        ]
+    ),
+    st.dictionaries(
+        st.text(max_size=70),
+        st.recursive(
+            st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=300),
+            lambda children: (
+                st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=10), children, max_size=4)
+            ),
+            max_leaves=20,
+        ),
+        max_size=5,
+    ).map(lambda d: json.dumps(d).encode()),
 )
 hostile_auth = st.one_of(
     st.none(),
     st.text(st.characters(codec="latin-1", exclude_characters="\r\n"), max_size=100),
-    st.sampled_from(["Bearer", "Bearer ", "bearer x", "Bearer " + "A" * 20_000, "Bearer \u00e9\u00e9", "Token abc", "Bearer a b"]),
+    st.sampled_from(
+        ["Bearer", "Bearer ", "bearer x", "Bearer " + "A" * 20_000, "Bearer \u00e9\u00e9", "Token abc", "Bearer a b"]
+    ),
 )
 
 
@@ -332,10 +399,28 @@ def _hostile_request(world: World, kind: str, choice: Any, auth: str | None, key
 
 hostile_request = st.one_of(
     st.tuples(st.just("path"), path_segment),
-    st.tuples(st.just("method"), st.tuples(st.sampled_from([*API_PATHS, "/device/v3/" + "a" * 32 + "/state"]),
-                                           st.sampled_from(["PUT", "DELETE", "POST", "PATCH", "OPTIONS", "TRACE", "GET"]))),
-    st.tuples(st.just("body"), st.tuples(st.sampled_from(API_PATHS), raw_body,
-                                         st.sampled_from(["application/json", "text/plain", "application/x-www-form-urlencoded", "multipart/form-data; boundary=x"]))),
+    st.tuples(
+        st.just("method"),
+        st.tuples(
+            st.sampled_from([*API_PATHS, "/device/v3/" + "a" * 32 + "/state"]),
+            st.sampled_from(["PUT", "DELETE", "POST", "PATCH", "OPTIONS", "TRACE", "GET"]),
+        ),
+    ),
+    st.tuples(
+        st.just("body"),
+        st.tuples(
+            st.sampled_from(API_PATHS),
+            raw_body,
+            st.sampled_from(
+                [
+                    "application/json",
+                    "text/plain",
+                    "application/x-www-form-urlencoded",
+                    "multipart/form-data; boundary=x",
+                ]
+            ),
+        ),
+    ),
 )
 
 
@@ -344,8 +429,11 @@ def test_hostile_requests_get_json_4xx_and_change_nothing(world: World) -> None:
     state = {"digest": table_digest()}
 
     @settings(max_examples=int(HOSTILE_EXAMPLES * SCALE), **HYPOTHESIS)
-    @given(request=hostile_request, auth=hostile_auth,
-           key_name=st.sampled_from([None, None, "own_device", "service", "provisioning", "peer_device"]))
+    @given(
+        request=hostile_request,
+        auth=hostile_auth,
+        key_name=st.sampled_from([None, None, "own_device", "service", "provisioning", "peer_device"]),
+    )
     def run(request: tuple[str, Any], auth: str | None, key_name: str | None) -> None:
         kind, choice = request
         response = _hostile_request(world, kind, choice, auth, key_name)

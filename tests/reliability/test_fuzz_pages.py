@@ -24,27 +24,79 @@ from tests.reliability import figures
 pytestmark = pytest.mark.django_db
 
 SCALE = float(os.environ.get("FLEETSTATUS_FUZZ_SCALE", "1"))
-HYPOTHESIS = dict(deadline=None, database=None,
-                  suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow, HealthCheck.data_too_large])
+HYPOTHESIS = dict(
+    deadline=None,
+    database=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow, HealthCheck.data_too_large],
+)
 
 nasty_text = st.one_of(
     st.text(max_size=60),
-    st.sampled_from(["", " ", "-1", "0", "1e9", "99999999999999999999", "NaN", "null", "' OR 1=1 --", "<script>", "\u202e",
-                     "../../etc/passwd", "%00", "a" * 5000, "northwind/kiosks", "contoso/robots", "online", "offline",
-                     "name", "-name", "last_seen", "-status", "fleet", "__proto__"]),
+    st.sampled_from(
+        [
+            "",
+            " ",
+            "-1",
+            "0",
+            "1e9",
+            "99999999999999999999",
+            "NaN",
+            "null",
+            "' OR 1=1 --",
+            "<script>",
+            "\u202e",
+            "../../etc/passwd",
+            "%00",
+            "a" * 5000,
+            "northwind/kiosks",
+            "contoso/robots",
+            "online",
+            "offline",
+            "name",
+            "-name",
+            "last_seen",
+            "-status",
+            "fleet",
+            "__proto__",
+        ]
+    ),
 )
 # Real parameter names (the pages' and the admin's) and random ones.
 page_params = st.lists(
-    st.tuples(st.sampled_from(["status", "fleet", "q", "sort", "page", "per_page", "o", "format", "hx", "x"]) | st.text(max_size=10),
-              nasty_text),
+    st.tuples(
+        st.sampled_from(["status", "fleet", "q", "sort", "page", "per_page", "o", "format", "hx", "x"])
+        | st.text(max_size=10),
+        nasty_text,
+    ),
     max_size=6,
 )
 admin_params = st.lists(
-    st.tuples(st.sampled_from(["o", "q", "p", "all", "e", "_changelist_filters", "overall_status__exact", "organization__id__exact",
-                               "fleet", "is_active__exact", "is_frozen__exact", "api_heartbeat_state__exact",
-                               "is_connected_to_vpn__exact", "tier__exact", "fleet_type__exact", "cloudlink_enabled__exact",
-                               "organization__id__exact", "_to_field", "_popup"]),
-              nasty_text),
+    st.tuples(
+        st.sampled_from(
+            [
+                "o",
+                "q",
+                "p",
+                "all",
+                "e",
+                "_changelist_filters",
+                "overall_status__exact",
+                "organization__id__exact",
+                "fleet",
+                "is_active__exact",
+                "is_frozen__exact",
+                "api_heartbeat_state__exact",
+                "is_connected_to_vpn__exact",
+                "tier__exact",
+                "fleet_type__exact",
+                "cloudlink_enabled__exact",
+                "organization__id__exact",
+                "_to_field",
+                "_popup",
+            ]
+        ),
+        nasty_text,
+    ),
     max_size=5,
 )
 
@@ -77,8 +129,20 @@ def test_page_query_parameters_never_cause_a_server_error(owner_client: Client, 
 
 
 @pytest.mark.parametrize("url", ["/devices/", "/devices/export.csv", "/admin/devices/device/", "/admin/fleets/fleet/"])
-@pytest.mark.parametrize("raw", ["q=%00", "q=a%00b", "fleet=%00", "status=%00", "sort=%00", "page=%00", "o=%00", "q=%ff%fe",
-                                 "fleet=northwind%2F%00"])
+@pytest.mark.parametrize(
+    "raw",
+    [
+        "q=%00",
+        "q=a%00b",
+        "fleet=%00",
+        "status=%00",
+        "sort=%00",
+        "page=%00",
+        "o=%00",
+        "q=%ff%fe",
+        "fleet=northwind%2F%00",
+    ],
+)
 def test_percent_encoded_nul_and_bad_utf8_in_the_query(staff_client, owner_client, make_device, url, raw):
     """A browser can send ?q=%00: PostgreSQL rejects NUL in text, which must not become a 500."""
     make_device(name="nul-device")
@@ -110,29 +174,45 @@ ERRORLIST = re.compile(r'class="errorlist[^"]*"')
 
 def test_admin_forms_reject_bad_input_with_a_message_and_never_a_server_error(staff_client: Client, fleet, org):
     outcomes: Counter = Counter()
-    values = st.one_of(nasty_text, st.integers(min_value=-10**12, max_value=10**12).map(str))
+    values = st.one_of(nasty_text, st.integers(min_value=-(10**12), max_value=10**12).map(str))
 
     @settings(max_examples=int(150 * SCALE), **HYPOTHESIS)
     @given(
         kind=st.sampled_from(["fleet", "organization"]),
-        data=st.fixed_dictionaries({}, optional={
-            "name": values, "slug": values, "poll_interval": values, "device_type": values, "fleet_type": values,
-            "cloudlink_enabled": values, "organization": values, "tier": values, "device_allowance": values,
-        }),
+        data=st.fixed_dictionaries(
+            {},
+            optional={
+                "name": values,
+                "slug": values,
+                "poll_interval": values,
+                "device_type": values,
+                "fleet_type": values,
+                "cloudlink_enabled": values,
+                "organization": values,
+                "tier": values,
+                "device_allowance": values,
+            },
+        ),
     )
     def run(kind: str, data: dict[str, str]) -> None:
         data = {k: v.replace("\x00", "") for k, v in data.items()}
         url = f"/admin/fleets/{kind}/{fleet.pk if kind == 'fleet' else org.pk}/change/"
-        before = (list(Fleet.objects.order_by("pk").values()), list(Organization.objects.order_by("pk").values()),
-                  list(Device.objects.order_by("pk").values_list("pk", "overall_status", "is_frozen")))
+        before = (
+            list(Fleet.objects.order_by("pk").values()),
+            list(Organization.objects.order_by("pk").values()),
+            list(Device.objects.order_by("pk").values_list("pk", "overall_status", "is_frozen")),
+        )
         response = staff_client.post(url, data)
         outcomes[response.status_code] += 1
         assert response.status_code in (200, 302), f"{url} {data}: {response.status_code}"
         if response.status_code == 200:
             # Re-shown with the reasons next to the fields, and nothing saved.
             assert ERRORLIST.search(response.content.decode()), f"{url} {data}: refused without an error message"
-            after = (list(Fleet.objects.order_by("pk").values()), list(Organization.objects.order_by("pk").values()),
-                     list(Device.objects.order_by("pk").values_list("pk", "overall_status", "is_frozen")))
+            after = (
+                list(Fleet.objects.order_by("pk").values()),
+                list(Organization.objects.order_by("pk").values()),
+                list(Device.objects.order_by("pk").values_list("pk", "overall_status", "is_frozen")),
+            )
             assert after == before, f"{url} {data}: a refused form changed rows"
 
     run()

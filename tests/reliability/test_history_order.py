@@ -26,7 +26,9 @@ def short_interval(settings, fleet):
 
 
 def _history(device: Device) -> list[tuple[str, str, datetime]]:
-    return list(StatusTransition.objects.filter(device=device).order_by("id").values_list("from_status", "to_status", "at"))
+    return list(
+        StatusTransition.objects.filter(device=device).order_by("id").values_list("from_status", "to_status", "at")
+    )
 
 
 @pytest.mark.django_db

@@ -28,8 +28,14 @@ def keys(fleet_and_key, other_fleet, make_device):
     service = generate_key()
     ServiceKey.objects.create(name="vpn", key_hash=hash_key(service))
     me, peer = make_device(name="me"), make_device(name="peer")
-    return {"fleet": fleet, "provisioning": provisioning, "service": service, "me": me, "peer": peer,
-            "other_fleet": other_fleet}
+    return {
+        "fleet": fleet,
+        "provisioning": provisioning,
+        "service": service,
+        "me": me,
+        "peer": peer,
+        "other_fleet": other_fleet,
+    }
 
 
 def _all_text_in_database() -> str:
@@ -46,11 +52,19 @@ def _all_text_in_database() -> str:
 def test_keys_are_stored_only_as_sha256_hashes(client, keys):
     uuid = secrets.token_hex(16)
     chosen = secrets.token_hex(20)
-    response = client.post("/device/register", json.dumps({"uuid": uuid, "device_type": "x", "api_key": chosen}),
-                           content_type="application/json", headers=bearer(keys["provisioning"]))
+    response = client.post(
+        "/device/register",
+        json.dumps({"uuid": uuid, "device_type": "x", "api_key": chosen}),
+        content_type="application/json",
+        headers=bearer(keys["provisioning"]),
+    )
     assert response.status_code == 201
-    generated = client.post("/device/register", json.dumps({"uuid": secrets.token_hex(16)}),
-                            content_type="application/json", headers=bearer(keys["provisioning"])).json()["api_key"]
+    generated = client.post(
+        "/device/register",
+        json.dumps({"uuid": secrets.token_hex(16)}),
+        content_type="application/json",
+        headers=bearer(keys["provisioning"]),
+    ).json()["api_key"]
     dump = _all_text_in_database()
     for secret in (chosen, generated, keys["provisioning"], keys["service"], keys["me"].api_key):
         assert secret not in dump, "a plain key is stored in the database"
@@ -77,14 +91,26 @@ def test_every_key_check_uses_a_constant_time_comparison(client, keys, monkeypat
         # An unknown UUID costs a comparison too, so timing does not tell which UUIDs exist.
         client.get(f"/device/v3/{secrets.token_hex(16)}/state", headers=bearer("wrong" * 8))
     elif kind == "provisioning":
-        client.post("/device/register", json.dumps({"uuid": secrets.token_hex(16)}), content_type="application/json",
-                    headers=bearer(keys["provisioning"]))
+        client.post(
+            "/device/register",
+            json.dumps({"uuid": secrets.token_hex(16)}),
+            content_type="application/json",
+            headers=bearer(keys["provisioning"]),
+        )
     elif kind == "service":
-        client.post("/services/vpn/client-connect", json.dumps({"uuids": [], "serviceId": 1}),
-                    content_type="application/json", headers=bearer(keys["service"]))
+        client.post(
+            "/services/vpn/client-connect",
+            json.dumps({"uuids": [], "serviceId": 1}),
+            content_type="application/json",
+            headers=bearer(keys["service"]),
+        )
     else:
-        client.patch("/device/v3/state", json.dumps({me.uuid: {"status": "Idle"}}), content_type="application/json",
-                     headers=bearer(me.api_key))
+        client.patch(
+            "/device/v3/state",
+            json.dumps({me.uuid: {"status": "Idle"}}),
+            content_type="application/json",
+            headers=bearer(me.api_key),
+        )
     assert calls, f"{kind}: the key was not compared with hmac.compare_digest"
 
 
@@ -101,24 +127,42 @@ def test_a_device_key_works_only_for_its_own_device(client: Client, keys):
     def other_devices():
         assert client.get(f"/device/v3/{peer.uuid}/state", headers=bearer(me.api_key)).status_code == 401
         body = json.dumps({peer.uuid: {"status": "Hijacked", "cpu_usage": 99}})
-        assert client.patch("/device/v3/state", body, content_type="application/json", headers=bearer(me.api_key)).status_code in (401, 403)
+        assert client.patch(
+            "/device/v3/state", body, content_type="application/json", headers=bearer(me.api_key)
+        ).status_code in (401, 403)
         both = json.dumps({me.uuid: {"status": "Idle"}, peer.uuid: {"status": "Hijacked"}})
-        assert client.patch("/device/v3/state", both, content_type="application/json", headers=bearer(me.api_key)).status_code == 403
+        assert (
+            client.patch(
+                "/device/v3/state", both, content_type="application/json", headers=bearer(me.api_key)
+            ).status_code
+            == 403
+        )
 
     _unchanged(other_devices)
 
 
 def test_a_provisioning_key_registers_only_into_its_own_fleet(client, keys):
     uuid = secrets.token_hex(16)
-    response = client.post("/device/register", json.dumps({"uuid": uuid}), content_type="application/json",
-                           headers=bearer(keys["provisioning"]))
+    response = client.post(
+        "/device/register",
+        json.dumps({"uuid": uuid}),
+        content_type="application/json",
+        headers=bearer(keys["provisioning"]),
+    )
     assert response.status_code == 201
     assert Device.objects.get(uuid=uuid).fleet == keys["fleet"]
     # The provisioning key authenticates nothing else.
     assert client.get(f"/device/v3/{uuid}/state", headers=bearer(keys["provisioning"])).status_code == 401
     tunnel = json.dumps({"uuids": [uuid], "serviceId": 1})
-    assert client.post("/services/vpn/client-connect", tunnel, content_type="application/json",
-                       headers=bearer(keys["provisioning"])).status_code == 401
+    assert (
+        client.post(
+            "/services/vpn/client-connect",
+            tunnel,
+            content_type="application/json",
+            headers=bearer(keys["provisioning"]),
+        ).status_code
+        == 401
+    )
 
 
 def test_a_service_key_works_only_on_the_tunnel_endpoints_and_device_keys_not_there(client, keys):
@@ -128,15 +172,35 @@ def test_a_service_key_works_only_on_the_tunnel_endpoints_and_device_keys_not_th
     def misuse():
         service = bearer(keys["service"])
         assert client.get(f"/device/v3/{me.uuid}/state", headers=service).status_code == 401
-        assert client.patch("/device/v3/state", json.dumps({me.uuid: {"status": "x"}}), content_type="application/json",
-                            headers=service).status_code == 401
-        assert client.post("/device/register", json.dumps({"uuid": secrets.token_hex(16)}), content_type="application/json",
-                           headers=service).status_code == 401
+        assert (
+            client.patch(
+                "/device/v3/state",
+                json.dumps({me.uuid: {"status": "x"}}),
+                content_type="application/json",
+                headers=service,
+            ).status_code
+            == 401
+        )
+        assert (
+            client.post(
+                "/device/register",
+                json.dumps({"uuid": secrets.token_hex(16)}),
+                content_type="application/json",
+                headers=service,
+            ).status_code
+            == 401
+        )
         for endpoint in ("client-connect", "client-disconnect"):
-            assert client.post(f"/services/vpn/{endpoint}", tunnel, content_type="application/json",
-                               headers=bearer(me.api_key)).status_code == 401
+            assert (
+                client.post(
+                    f"/services/vpn/{endpoint}", tunnel, content_type="application/json", headers=bearer(me.api_key)
+                ).status_code
+                == 401
+            )
 
     _unchanged(misuse)
-    response = client.post("/services/vpn/client-connect", tunnel, content_type="application/json", headers=bearer(keys["service"]))
+    response = client.post(
+        "/services/vpn/client-connect", tunnel, content_type="application/json", headers=bearer(keys["service"])
+    )
     assert response.status_code == 200
     assert Device.objects.get(pk=me.pk).is_connected_to_vpn

@@ -40,10 +40,32 @@ def _run_soak(stack: AppStack, devices: int, seconds: int) -> dict:
     stack.start_worker()
     stack.start_beat()
     command = [
-        sys.executable, "manage.py", "simulate_devices", "--fleet", keys["fleet"], "--count", str(devices),
-        "--base-url", stack.base_url, "--scenario", "flapping", "--duration", str(seconds),
-        "--provisioning-key", keys["provisioning_key"], "--service-key", keys["service_key"],
-        "--no-state-file", "--summary-interval", "10", "--ramp-up", "10", "--connections", "40", "--seed", "7",
+        sys.executable,
+        "manage.py",
+        "simulate_devices",
+        "--fleet",
+        keys["fleet"],
+        "--count",
+        str(devices),
+        "--base-url",
+        stack.base_url,
+        "--scenario",
+        "flapping",
+        "--duration",
+        str(seconds),
+        "--provisioning-key",
+        keys["provisioning_key"],
+        "--service-key",
+        keys["service_key"],
+        "--no-state-file",
+        "--summary-interval",
+        "10",
+        "--ramp-up",
+        "10",
+        "--connections",
+        "40",
+        "--seed",
+        "7",
     ]
     started = time.monotonic()
     sim = subprocess.run(command, cwd=ROOT, env=stack.env, capture_output=True, text=True, timeout=seconds + 600)
@@ -61,16 +83,31 @@ def _run_soak(stack: AppStack, devices: int, seconds: int) -> dict:
 
     # Every agent has stopped: after one heartbeat window and two sweeps no heartbeat may be online.
     window = POLL_INTERVAL * 1.5
-    wait_until(lambda: not stack.sql("SELECT 1 FROM devices_device WHERE api_heartbeat_state = 'online' LIMIT 1"),
-               timeout=window + 30, interval=0.5, what="every heartbeat expired after the simulator stopped")
+    wait_until(
+        lambda: not stack.sql("SELECT 1 FROM devices_device WHERE api_heartbeat_state = 'online' LIMIT 1"),
+        timeout=window + 30,
+        interval=0.5,
+        what="every heartbeat expired after the simulator stopped",
+    )
     report = stack.probe("check")
     assert report["devices"] == devices
     assert report["status_mismatches"] == 0, "\n".join(map(str, report["mismatch_examples"]))
-    assert report["broken_chains"] == 0, f"{report['broken_chains']} broken chains:\n" + "\n".join(report["broken_examples"])
-    figures.add("soak", devices=report["devices"], transitions_checked=report["transitions"], requests=requests,
-                server_errors=0, status_mismatches=0, broken_chains=0)
-    print(f"soak: {devices} devices, {elapsed:.0f}s, {summary}; checked {report['transitions']} transitions; "
-          f"final statuses {report['by_status']}")
+    assert report["broken_chains"] == 0, f"{report['broken_chains']} broken chains:\n" + "\n".join(
+        report["broken_examples"]
+    )
+    figures.add(
+        "soak",
+        devices=report["devices"],
+        transitions_checked=report["transitions"],
+        requests=requests,
+        server_errors=0,
+        status_mismatches=0,
+        broken_chains=0,
+    )
+    print(
+        f"soak: {devices} devices, {elapsed:.0f}s, {summary}; checked {report['transitions']} transitions; "
+        f"final statuses {report['by_status']}"
+    )
     return report
 
 

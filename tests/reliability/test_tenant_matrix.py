@@ -56,6 +56,13 @@ URL_CLASSES = {
     "readapi:metrics": "metrics",
     "readapi:tokens": "account-page",
     "readapi:revoke": "account-post",
+    "notifications:list": "notifications",
+    "notifications:add": "notifications",
+    "notifications:edit": "notifications",
+    "notifications:test": "notifications",
+    "notifications:mute-device": "notifications",
+    "notifications:mute-fleet": "notifications",
+    "notifications:unmute": "notifications",
 }
 
 
@@ -110,16 +117,35 @@ def dashboard_cases(url: str, world) -> list[Case]:
         for visitor in VISITORS:
             if visitor == "anon":
                 cases.append(Case(url, visitor, 403 if htmx else 302, htmx, "" if htmx else "/login/"))
-                cases.append(Case(f"{url}?fleet={fleet_param}", visitor, 403 if htmx else 302, htmx, "" if htmx else "/login/"))
+                cases.append(
+                    Case(f"{url}?fleet={fleet_param}", visitor, 403 if htmx else 302, htmx, "" if htmx else "/login/")
+                )
                 continue
             sees_mine = visitor == "member"
-            cases.append(Case(url, visitor, 200, htmx, contains=mine.name if sees_mine else "",
-                              absent="" if sees_mine else mine.name))
+            cases.append(
+                Case(
+                    url,
+                    visitor,
+                    200,
+                    htmx,
+                    contains=mine.name if sees_mine else "",
+                    absent="" if sees_mine else mine.name,
+                )
+            )
             if visitor == "other":
-                cases.append(Case(url, visitor, 200, htmx, contains=theirs.name if "fleets" not in url else "", absent=mine.name))
+                cases.append(
+                    Case(url, visitor, 200, htmx, contains=theirs.name if "fleets" not in url else "", absent=mine.name)
+                )
             # Another organization's fleet in the URL is a 404, not an empty page.
-            cases.append(Case(f"{url}?fleet={fleet_param}", visitor, 200 if sees_mine else 404, htmx,
-                              absent="" if sees_mine else mine.name))
+            cases.append(
+                Case(
+                    f"{url}?fleet={fleet_param}",
+                    visitor,
+                    200 if sees_mine else 404,
+                    htmx,
+                    absent="" if sees_mine else mine.name,
+                )
+            )
     return cases
 
 
@@ -147,9 +173,17 @@ def export_cases(url: str, world) -> list[Case]:
             cases.append(Case(url, visitor, 302, redirect_to="/login/"))
             continue
         sees_mine = visitor == "member"
-        cases.append(Case(url, visitor, 200, contains=mine.uuid if sees_mine else "", absent="" if sees_mine else mine.uuid))
-        cases.append(Case(f"{url}?fleet={mine.organization.slug}/{mine.fleet.slug}", visitor, 200 if sees_mine else 404,
-                          absent="" if sees_mine else mine.uuid))
+        cases.append(
+            Case(url, visitor, 200, contains=mine.uuid if sees_mine else "", absent="" if sees_mine else mine.uuid)
+        )
+        cases.append(
+            Case(
+                f"{url}?fleet={mine.organization.slug}/{mine.fleet.slug}",
+                visitor,
+                200 if sees_mine else 404,
+                absent="" if sees_mine else mine.uuid,
+            )
+        )
     return cases
 
 
@@ -164,8 +198,16 @@ def device_page_cases(world) -> list[Case]:
                     cases.append(Case(url, visitor, 403 if htmx else 302, htmx, "" if htmx else "/login/"))
                 else:
                     member = visitor == "member"
-                    cases.append(Case(url, visitor, 200 if member else 404, htmx, contains=mine.name if member else "",
-                                      absent="" if member else mine.name))
+                    cases.append(
+                        Case(
+                            url,
+                            visitor,
+                            200 if member else 404,
+                            htmx,
+                            contains=mine.name if member else "",
+                            absent="" if member else mine.name,
+                        )
+                    )
     return cases
 
 
@@ -182,6 +224,49 @@ def fleet_page_cases(world) -> list[Case]:
                     cases.append(Case(url, visitor, 200, htmx, contains=device.fleet.name))
                 else:
                     cases.append(Case(url, visitor, 404, htmx, absent=device.fleet.name))
+    return cases
+
+
+def notification_cases(key: str, world) -> list[Case]:
+    """Owners of the data's organization only; another organization's objects are 404; POST-only forms."""
+    from django.utils import timezone
+
+    from notifications.models import Channel, Mute
+
+    mine = world["mine"]
+    channel = Channel.objects.get_or_create(
+        organization=mine.organization, name="matrix-channel", defaults={"url": "https://hooks.example.com/"}
+    )[0]
+    mute = Mute.objects.get_or_create(
+        organization=mine.organization, device=mine, defaults={"starts_at": timezone.now(), "until": timezone.now()}
+    )[0]
+    url = {
+        "notifications:list": "/notifications/",
+        "notifications:add": f"/notifications/add/{mine.organization.slug}/",
+        "notifications:edit": f"/notifications/{channel.pk}/",
+        "notifications:test": f"/notifications/{channel.pk}/test/",
+        "notifications:mute-device": f"/notifications/mute/device/{mine.uuid}/",
+        "notifications:mute-fleet": f"/notifications/mute/fleet/{mine.fleet.pk}/",
+        "notifications:unmute": f"/notifications/mute/{mute.pk}/end/",
+    }[key]
+    cases = [Case(url, "anon", 302, redirect_to="/login/")]
+    if key == "notifications:list":
+        cases += [
+            Case(url, "member", 200, contains=channel.name),
+            Case(url, "other", 200, absent=channel.name),
+            Case(url, "staff", 403),
+        ]
+    elif key in ("notifications:add", "notifications:edit"):
+        cases += [Case(url, "member", 200), Case(url, "other", 404), Case(url, "staff", 404)]
+    else:
+        member_post = 400 if key.startswith("notifications:mute-") else 302  # no form data: refused
+        cases += [Case(url, v, 405) for v in ("member", "other", "staff")]
+        cases += [
+            Case(url, "other", 404, method="post"),
+            Case(url, "staff", 404, method="post"),
+            Case(url, "member", member_post, method="post"),
+            Case(url, "anon", 302, method="post"),
+        ]
     return cases
 
 
@@ -218,6 +303,8 @@ def non_admin_cases(world) -> tuple[list[Case], list[str]]:
             cases += export_cases(url, world)
         elif cls == "device-page":
             cases += device_page_cases(world)
+        elif cls == "notifications":
+            cases += notification_cases(key, world)
         elif cls == "device-api":
             # A browser session authenticates nothing on the device API, staff's included.
             concrete = re.sub(r"<str:uuid>", mine.uuid, url)
@@ -245,9 +332,31 @@ def make_instance(model: type[models.Model], world) -> models.Model:
         return world["mine"].organization
     if model._meta.label_lower == "fleets.fleet":
         return world["mine"].fleet
+    if model._meta.app_label == "notifications":
+        from django.utils import timezone
+
+        from notifications.models import Channel, Delivery, Mute
+
+        org = world["mine"].organization
+        channel = Channel.objects.get_or_create(
+            organization=org, name="admin-matrix", url="https://hooks.example.com/"
+        )[0]
+        if model is Mute:
+            return Mute.objects.create(
+                organization=org, device=world["mine"], starts_at=timezone.now(), until=timezone.now()
+            )
+        if model is Delivery:
+            return Delivery.objects.create(channel=channel, event=Delivery.Event.TEST, created_at=timezone.now())
+        return channel
     values = {}
     for f in model._meta.concrete_fields:
-        if f.primary_key or f.has_default() or f.null or getattr(f, "auto_now", False) or getattr(f, "auto_now_add", False):
+        if (
+            f.primary_key
+            or f.has_default()
+            or f.null
+            or getattr(f, "auto_now", False)
+            or getattr(f, "auto_now_add", False)
+        ):
             continue
         if isinstance(f, models.GenericIPAddressField):
             values[f.name] = "192.0.2.1"
@@ -299,7 +408,9 @@ def admin_cases(world) -> tuple[list[Case], list[str]]:
             "password_change/done/": lambda: everyone("/admin/password_change/done/", 200),
             "autocomplete/": lambda: everyone("/admin/autocomplete/", 403),
             "jsi18n/": lambda: everyone("/admin/jsi18n/", 200),
-            "r/<path:content_type_id>/<path:object_id>/": lambda: everyone(f"/admin/r/{device_ct}/{world['mine'].pk}/", -302404),
+            "r/<path:content_type_id>/<path:object_id>/": lambda: everyone(
+                f"/admin/r/{device_ct}/{world['mine'].pk}/", -302404
+            ),
             "(?P<url>.*)$": lambda: everyone("/admin/no-such-page/", 404),
         }
         if rest in fixed:
@@ -324,9 +435,14 @@ def admin_cases(world) -> tuple[list[Case], list[str]]:
         elif tail == "add/":
             everyone(base + "add/", 200 if model_admin.has_add_permission(staff_request) else 403)
         elif tail == "<path:object_id>/change/":
-            everyone(f"{base}{obj.pk}/change/", 200 if model_admin.has_view_or_change_permission(staff_request, obj) else 403)
+            everyone(
+                f"{base}{obj.pk}/change/", 200 if model_admin.has_view_or_change_permission(staff_request, obj) else 403
+            )
         elif tail == "<path:object_id>/history/":
-            everyone(f"{base}{obj.pk}/history/", 200 if model_admin.has_view_or_change_permission(staff_request, obj) else 403)
+            everyone(
+                f"{base}{obj.pk}/history/",
+                200 if model_admin.has_view_or_change_permission(staff_request, obj) else 403,
+            )
         elif tail == "<path:object_id>/delete/":
             everyone(f"{base}{obj.pk}/delete/", 200 if model_admin.has_delete_permission(staff_request, obj) else 403)
         elif tail == "<path:object_id>/":
@@ -342,14 +458,20 @@ def check(case: Case, client: Client) -> str | None:
     headers = {"HX-Request": "true"} if case.htmx else {}
     response = getattr(client, case.method)(case.url, headers=headers)
     where = f"{case.method.upper()} {case.url} as {case.visitor}{' (htmx)' if case.htmx else ''}"
-    body = b"".join(response.streaming_content).decode() if response.streaming else response.content.decode(errors="replace")
+    body = (
+        b"".join(response.streaming_content).decode()
+        if response.streaming
+        else response.content.decode(errors="replace")
+    )
     if case.expect == -401:
         # Device API: refused as unauthenticated (or the wrong method), always JSON.
         if response.status_code not in (401, 405) or not response["Content-Type"].startswith("application/json"):
             return f"{where}: expected a JSON 401/405, got {response.status_code}"
         return None
     if case.expect == -302404:
-        return None if response.status_code in (302, 404) else f"{where}: expected 302 or 404, got {response.status_code}"
+        return (
+            None if response.status_code in (302, 404) else f"{where}: expected 302 or 404, got {response.status_code}"
+        )
     if response.status_code != case.expect:
         return f"{where}: expected {case.expect}, got {response.status_code}"
     if case.redirect_to and not response["Location"].startswith(case.redirect_to):

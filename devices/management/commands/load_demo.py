@@ -72,25 +72,68 @@ class Command(BaseCommand):
         # These showcase devices do not run (the simulator's fleet does): they poll once a day, so
         # their heartbeat stays alive for the demo with a deadline that matches their interval.
         daily = 24 * 3600
-        hb = {"api_heartbeat_state": HeartbeatState.ONLINE, "last_api_heartbeat_at": now, "poll_interval": daily,
-              "heartbeat_deadline": now + timedelta(seconds=daily * settings.FLEETSTATUS_HEARTBEAT_TOLERANCE),
-              "last_seen_at": now}
+        hb = {
+            "api_heartbeat_state": HeartbeatState.ONLINE,
+            "last_api_heartbeat_at": now,
+            "poll_interval": daily,
+            "heartbeat_deadline": now + timedelta(seconds=daily * settings.FLEETSTATUS_HEARTBEAT_TOLERANCE),
+            "last_seen_at": now,
+        }
         vpn = {"is_connected_to_vpn": True, "last_vpn_event": now, "last_connectivity_event": now, "vpn_service_id": 1}
-        base = {"os_version": "balenaOS 6.0.13", "os_variant": "prod", "supervisor_version": "16.7.1",
-                "release": "8f3e2b1", "ip_address": "10.0.3.17", "mac_address": "dc:a6:32:00:11:22"}
+        base = {
+            "os_version": "balenaOS 6.0.13",
+            "os_variant": "prod",
+            "supervisor_version": "16.7.1",
+            "release": "8f3e2b1",
+            "ip_address": "10.0.3.17",
+            "mac_address": "dc:a6:32:00:11:22",
+        }
         device("kiosks", "gate-a12-kiosk", **base, **hb, **vpn)
         device("kiosks", "gate-b03-kiosk", **base, **hb, **vpn)
-        device("kiosks", "gate-c07-kiosk", **base, **vpn, api_heartbeat_state=HeartbeatState.OFFLINE,
-               last_api_heartbeat_at=now - timedelta(hours=2))
-        device("kiosks", "gate-d01-kiosk", **base, **hb, last_connectivity_event=now - timedelta(hours=3),
-               last_vpn_event=now - timedelta(hours=3))
-        device("kiosks", "gate-e09-kiosk", **base, api_heartbeat_state=HeartbeatState.OFFLINE,
-               last_api_heartbeat_at=now - timedelta(days=2), last_connectivity_event=now - timedelta(days=2),
-               last_seen_at=now - timedelta(days=2))
-        device("sensors", "north-field-07", **base, **hb, **vpn, update_status=UpdateStatus.DOWNLOADING,
-               download_progress=42, status="Downloading")
-        device("sensors", "south-field-02", **base, **hb, **vpn, provisioning_state="Running OS update",
-               provisioning_progress=65)
+        device(
+            "kiosks",
+            "gate-c07-kiosk",
+            **base,
+            **vpn,
+            api_heartbeat_state=HeartbeatState.OFFLINE,
+            last_api_heartbeat_at=now - timedelta(hours=2),
+        )
+        device(
+            "kiosks",
+            "gate-d01-kiosk",
+            **base,
+            **hb,
+            last_connectivity_event=now - timedelta(hours=3),
+            last_vpn_event=now - timedelta(hours=3),
+        )
+        device(
+            "kiosks",
+            "gate-e09-kiosk",
+            **base,
+            api_heartbeat_state=HeartbeatState.OFFLINE,
+            last_api_heartbeat_at=now - timedelta(days=2),
+            last_connectivity_event=now - timedelta(days=2),
+            last_seen_at=now - timedelta(days=2),
+        )
+        device(
+            "sensors",
+            "north-field-07",
+            **base,
+            **hb,
+            **vpn,
+            update_status=UpdateStatus.DOWNLOADING,
+            download_progress=42,
+            status="Downloading",
+        )
+        device(
+            "sensors",
+            "south-field-02",
+            **base,
+            **hb,
+            **vpn,
+            provisioning_state="Running OS update",
+            provisioning_progress=65,
+        )
         device("sensors", "east-field-11", provisioning_state="Post-Provisioning", provisioning_progress=80)
         device("sensors", "west-field-03")  # registered, never connected: Configuring
         pre = device("sensors", "spare-unit-01")

@@ -27,8 +27,12 @@ class Command(BaseCommand):
         if Fleet.objects.filter(organization=org, slug=fleet_slug).exists():
             raise CommandError(f"fleet {org_slug}/{fleet_slug} already exists")
         fleet = Fleet(
-            organization=org, slug=fleet_slug, name=name or fleet_slug, fleet_type=fleet_type,
-            device_type=device_type, poll_interval=poll_interval,
+            organization=org,
+            slug=fleet_slug,
+            name=name or fleet_slug,
+            fleet_type=fleet_type,
+            device_type=device_type,
+            poll_interval=poll_interval,
         )
         key = fleet.issue_provisioning_key()
         try:

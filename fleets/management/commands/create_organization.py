@@ -24,5 +24,7 @@ class Command(BaseCommand):
         except ValidationError as exc:
             raise CommandError("; ".join(f"{k}: {' '.join(v)}" for k, v in exc.message_dict.items())) from exc
         org.save()
-        self.stdout.write(f"created organization {org.name} (tier {org.tier}, allowance {org.device_allowance or 'unlimited'})")
+        self.stdout.write(
+            f"created organization {org.name} (tier {org.tier}, allowance {org.device_allowance or 'unlimited'})"
+        )
         self.stdout.write(org.slug)

@@ -10,7 +10,9 @@ class Command(BaseCommand):
     )
 
     def add_arguments(self, parser):
-        parser.add_argument("--check", action="store_true", help="only compare the counts with the devices; exit 1 if they differ")
+        parser.add_argument(
+            "--check", action="store_true", help="only compare the counts with the devices; exit 1 if they differ"
+        )
 
     def handle(self, *args, check: bool = False, **options):
         if check:
