@@ -110,28 +110,31 @@ def channel_test(request: HttpRequest, pk: int) -> HttpResponse:
     return redirect("notifications:list")
 
 
-def _mute_until(request: HttpRequest) -> tuple[MuteForm, timedelta | None]:
+def _mute(request: HttpRequest, organization_id: int, **target: Device | Fleet) -> bool:
+    """Record a mute of `target` (device= or fleet=) from the posted form; False on bad input."""
     form = MuteForm(request.POST)
     if not form.is_valid():
-        return form, None
-    return form, timedelta(hours=form.cleaned_data["hours"])
+        return False
+    now = timezone.now()
+    Mute.objects.create(
+        organization_id=organization_id,
+        starts_at=now,
+        until=now + timedelta(hours=form.cleaned_data["hours"]),
+        reason=form.cleaned_data["reason"],
+        **target,
+    )
+    return True
+
+
+MUTE_REFUSED = "Mute for 1 to 720 hours."
 
 
 @login_required
 @require_POST
 def mute_device(request: HttpRequest, uuid: str) -> HttpResponse:
     device = get_object_or_404(Device, uuid=uuid.lower(), organization__in=owned_organizations(request))
-    form, length = _mute_until(request)
-    if length is None:
-        return HttpResponseBadRequest("Mute for 1 to 720 hours.")
-    now = timezone.now()
-    Mute.objects.create(
-        organization_id=device.organization_id,
-        device=device,
-        starts_at=now,
-        until=now + length,
-        reason=form.cleaned_data["reason"],
-    )
+    if not _mute(request, device.organization_id, device=device):
+        return HttpResponseBadRequest(MUTE_REFUSED)
     return redirect("devices:detail", uuid=device.uuid)
 
 
@@ -139,17 +142,8 @@ def mute_device(request: HttpRequest, uuid: str) -> HttpResponse:
 @require_POST
 def mute_fleet(request: HttpRequest, pk: int) -> HttpResponse:
     fleet = get_object_or_404(Fleet, pk=pk, organization__in=owned_organizations(request))
-    form, length = _mute_until(request)
-    if length is None:
-        return HttpResponseBadRequest("Mute for 1 to 720 hours.")
-    now = timezone.now()
-    Mute.objects.create(
-        organization_id=fleet.organization_id,
-        fleet=fleet,
-        starts_at=now,
-        until=now + length,
-        reason=form.cleaned_data["reason"],
-    )
+    if not _mute(request, fleet.organization_id, fleet=fleet):
+        return HttpResponseBadRequest(MUTE_REFUSED)
     return redirect("fleets:list")
 
 

@@ -179,3 +179,13 @@ def pytest_runtest_call(item):
                 f"kept device counts differ from the devices: {{(org, fleet, status): (kept, real)}} {wrong}"
             )
     return result
+
+
+@pytest.fixture
+def receiver():
+    """A real HTTP receiver on 127.0.0.1 that records what notification channels POST to it."""
+    from notifications.receiver import Receiver
+
+    r = Receiver().start()
+    yield r
+    r.stop()

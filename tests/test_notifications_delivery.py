@@ -15,14 +15,6 @@ from django.utils import timezone
 
 from notifications import engine, sending, transports
 from notifications.models import Channel, Delivery
-from notifications.receiver import Receiver
-
-
-@pytest.fixture
-def receiver():
-    r = Receiver().start()
-    yield r
-    r.stop()
 
 
 @pytest.fixture

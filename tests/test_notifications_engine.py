@@ -16,17 +16,9 @@ from devices.models import Device
 from devices.status import Status
 from notifications import engine, sending
 from notifications.models import Channel, Delivery, FleetAlert, Mute, NotifiedState, PendingChange
-from notifications.receiver import Receiver
 
 ONLINE = {"api_heartbeat_state": "online", "is_connected_to_vpn": True}
 OFFLINE = {"api_heartbeat_state": "offline", "is_connected_to_vpn": False}
-
-
-@pytest.fixture
-def receiver():
-    r = Receiver().start()
-    yield r
-    r.stop()
 
 
 @pytest.fixture

@@ -12,7 +12,6 @@ from devices import services
 from fleets import counts
 from notifications import engine, sending
 from notifications.models import Channel
-from notifications.receiver import Receiver
 from readapi.openapi import build_document
 
 pytestmark = pytest.mark.django_db
@@ -54,13 +53,6 @@ def problems(value: Any, schema: dict, path: str = "$") -> list[str]:
 @pytest.fixture
 def schemas() -> dict:
     return build_document()["components"]["schemas"]
-
-
-@pytest.fixture
-def receiver():
-    r = Receiver().start()
-    yield r
-    r.stop()
 
 
 def run(now) -> None:
