@@ -19,7 +19,7 @@ from django.http import HttpRequest, QueryDict
 from devices.models import Device
 from devices.status import Status
 from fleets import counts as kept_counts
-from fleets.models import Fleet, Organization
+from fleets.models import Fleet, Membership, Organization
 
 PAGE_SIZE = 50
 MAX_SEARCH_LENGTH = 100
@@ -94,9 +94,19 @@ def user_organizations(request: HttpRequest) -> list[Organization]:
         if not user.is_authenticated:
             cached = []
         else:
-            cached = list(Organization.objects.filter(memberships__user=user).order_by("name", "pk"))
+            # member_role (the user's role there) lets pages check ownership without another query.
+            cached = list(
+                Organization.objects.filter(memberships__user=user)
+                .annotate(member_role=F("memberships__role"))
+                .order_by("name", "pk")
+            )
         request._fleetstatus_organizations = cached
     return cached
+
+
+def owned_organizations(request: HttpRequest) -> list[Organization]:
+    """The organizations the logged-in user owns (from the memberships the request has read)."""
+    return [o for o in user_organizations(request) if o.member_role == Membership.Role.OWNER]
 
 
 def scoped_devices(organizations: Iterable[Organization]) -> QuerySet[Device]:

@@ -13,24 +13,13 @@ from django.utils import timezone
 from django.views.decorators.http import require_http_methods, require_POST
 
 from devices.models import Device
-from fleets.models import Fleet, Membership, Organization
+from devices.queries import owned_organizations
+from fleets.models import Fleet
 from notifications import engine
 from notifications.forms import ChannelForm, MuteForm
 from notifications.models import Channel, Delivery, Mute
 
 LOG_SIZE = 25
-
-
-def owned_organizations(request: HttpRequest) -> list[Organization]:
-    cached = getattr(request, "_notify_owned", None)
-    if cached is None:
-        cached = list(
-            Organization.objects.filter(
-                memberships__user=request.user, memberships__role=Membership.Role.OWNER
-            ).order_by("name", "pk")
-        )
-        request._notify_owned = cached
-    return cached
 
 
 def _channel(request: HttpRequest, pk: int) -> Channel:

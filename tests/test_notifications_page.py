@@ -155,7 +155,7 @@ def test_query_count_does_not_grow_with_channels_and_deliveries(owner_client, ch
     )
     # session, user, memberships and dead-man's switch (every page's header), owned organizations,
     # channels, their fleets, deliveries, mutes
-    assert one == _queries(owner_client) == 9
+    assert one == _queries(owner_client) == 8
 
 
 def test_mute_a_device_from_its_summary(owner_client, make_device, org):

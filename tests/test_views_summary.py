@@ -256,7 +256,7 @@ def test_history_is_paged_25_changes_at_a_time(owner_client, make_device):
             assert "is not a status change of this device" in text(page)
 
 
-SUMMARY_QUERIES = 11  # session, user, memberships, device, history, uptime, status strips, dead-man's switch; notifications: outcomes, mutes, owner
+SUMMARY_QUERIES = 10  # session, user, memberships, device, history, uptime, status strips, dead-man's switch; notifications: outcomes, mutes
 
 
 def _queries(client, path) -> int:

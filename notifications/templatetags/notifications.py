@@ -7,16 +7,13 @@ from django import template
 from django.db.models import Q
 from django.utils import timezone
 
-from fleets.models import Fleet, Membership
+from devices.queries import owned_organizations
+from fleets.models import Fleet
 from notifications.forms import MuteForm
 from notifications.models import Delivery, Mute, PendingChange, Result
 
 register = template.Library()
 LABELS = dict(Result.choices)
-
-
-def _is_owner(user, organization_id: int) -> bool:
-    return Membership.objects.filter(user=user, organization_id=organization_id, role=Membership.Role.OWNER).exists()
 
 
 @register.inclusion_tag("notifications/device_card.html", takes_context=True)
@@ -43,7 +40,7 @@ def device_notifications(context, device, history) -> dict:
     now = timezone.now()
     mutes = list(Mute.objects.filter(Q(device=device) | Q(fleet_id=device.fleet_id), starts_at__lte=now, until__gt=now))
     request = context.get("request")
-    can_mute = request is not None and _is_owner(request.user, device.organization_id)
+    can_mute = request is not None and any(o.pk == device.organization_id for o in owned_organizations(request))
     return {
         "device": device,
         "rows": rows,
@@ -59,7 +56,7 @@ def fleet_mutes(context) -> dict:
     request = context.get("request")
     if request is None or not request.user.is_authenticated:
         return {"fleets": []}
-    owned = Membership.objects.filter(user=request.user, role=Membership.Role.OWNER).values("organization_id")
+    owned = [o.pk for o in owned_organizations(request)]
     fleets = list(Fleet.objects.filter(organization_id__in=owned).order_by("name", "pk").only("pk", "name"))
     now = timezone.now()
     mutes = list(
