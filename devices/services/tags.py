@@ -62,7 +62,7 @@ def set_tag(devices: QuerySet[Device], key: str, value: str | None) -> int:
     # to tell the upsert's ON from a join's.)
     sql = (
         f"INSERT INTO {qn(DeviceTag._meta.db_table)} ({qn('device_id')}, {qn('organization_id')}, {qn('key')}, "
-        f"{qn('value')}) SELECT s.{qn('id')}, s.{qn('organization_id')}, %s, %s FROM ({source}) AS s WHERE true "
+        f"{qn('value')}) SELECT s.*, %s, %s FROM ({source}) AS s WHERE true "
         f"ON CONFLICT ({qn('device_id')}, {qn('key')}) DO UPDATE SET {qn('value')} = excluded.{qn('value')}"
     )
     with connection.cursor() as cursor:
