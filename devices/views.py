@@ -123,7 +123,8 @@ def device_list(request: HttpRequest) -> HttpResponse:
                 "aria_sort": ("descending" if query.descending else "ascending") if active else "",
             }
         )
-    columns.append({"key": "tags", "label": "Tags", "next": "", "aria_sort": ""})  # not sortable
+    # Tags, not sortable, right after the fleet: the two ways a fleet is sliced, side by side.
+    columns.insert(list(SORTS).index("fleet") + 1, {"key": "tags", "label": "Tags", "next": "", "aria_sort": ""})
     context = {
         "page_name": "Devices",
         "now": now,
