@@ -26,7 +26,7 @@ from django.utils.html import format_html, format_html_join
 from django.utils.safestring import SafeString
 
 from devices import services
-from devices.admin_forms import DeviceAdminForm, MoveToFleetForm, PreregisterForm
+from devices.admin_forms import DeviceAdminForm, DeviceTagInline, MoveToFleetForm, PreregisterForm, TagAssignmentForm
 from devices.models import Device, StatusTransition
 from fleets.models import Fleet, Organization
 
@@ -205,7 +205,8 @@ class DeviceAdmin(admin.ModelAdmin):
     list_max_show_all = 500
     # Newest devices first, served by the primary key index (no sort of the whole table).
     ordering = ("-pk",)
-    actions = ("deactivate", "reactivate", "move_to_fleet")
+    actions = ("deactivate", "reactivate", "move_to_fleet", "tag_devices")
+    inlines = (DeviceTagInline,)
 
     class Media:
         # The badge's own stylesheet: self-contained, so the admin gets the dashboard's look.
@@ -447,4 +448,31 @@ class DeviceAdmin(admin.ModelAdmin):
                 "select_across": request.POST.get("select_across", "0"),
                 "action_checkbox_name": helpers.ACTION_CHECKBOX_NAME,
             },
+        )
+
+    @admin.action(description="Tag selected devices…", permissions=["change"])
+    def tag_devices(self, request: HttpRequest, queryset: QuerySet[Device]) -> HttpResponse | None:
+        form = TagAssignmentForm(request.POST if "apply" in request.POST else None)
+        if form.is_valid():
+            key, value = form.cleaned_data["tag"]
+            count = services.set_tag(queryset, key, value)
+            done = f"Set {key}={value} on" if value is not None else f"Removed tag {key} from"
+            self.message_user(request, f"{done} {plural(count, 'device')}.", messages.SUCCESS)
+            return None
+        total = queryset.count()
+        return TemplateResponse(
+            request,
+            "admin/devices/device/tag_devices.html",
+            {
+                **self._page_context(request, "Tag devices"),
+                "form": form,
+                "devices": list(queryset.select_related("fleet")[:MOVE_PREVIEW_LIMIT]),
+                "total": total,
+                "more": max(total - MOVE_PREVIEW_LIMIT, 0),
+                "selected": request.POST.getlist(helpers.ACTION_CHECKBOX_NAME),
+                "select_across": request.POST.get("select_across", "0"),
+                "action_checkbox_name": helpers.ACTION_CHECKBOX_NAME,
+            },
+            # A refused tag is a bad request: nothing was written.
+            status=400 if form.is_bound else 200,
         )

@@ -1,4 +1,5 @@
-"""Forms of the device admin: the change form's inputs, preregistration and the move action.
+"""Forms of the device admin: the change form's inputs, preregistration, the move and tag actions,
+and the tags inline.
 
 They validate with the messages staff should see; devices.services re-checks the same rules under
 row locks, so a race can still be refused but never half-applied.
@@ -11,10 +12,11 @@ from typing import Any
 
 from django import forms
 from django.conf import settings
+from django.contrib import admin
 from django.db.models import QuerySet
 
 from devices import services
-from devices.models import UUID_REGEX, Device
+from devices.models import UUID_REGEX, Device, DeviceTag
 from fleets.models import Fleet
 
 OTHER_ORGANIZATION_MESSAGE = (
@@ -120,3 +122,29 @@ class MoveToFleetForm(forms.Form):
     def __init__(self, *args: Any, organization_id: int, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.fields["fleet"].queryset = fleets_of(organization_id)
+
+
+class TagAssignmentForm(forms.Form):
+    """The bulk tag action's input: key=value sets the tag on every selected device, key= removes it."""
+
+    tag = forms.CharField(
+        label="Tag",
+        max_length=300,
+        strip=True,
+        help_text="key=value (e.g. location=gate-b) sets the tag on every selected device; key= removes the key.",
+    )
+
+    def clean_tag(self) -> tuple[str, str | None]:
+        try:
+            return services.parse_assignment(self.cleaned_data["tag"])
+        except services.TagError as exc:
+            raise forms.ValidationError(str(exc), code="tag") from exc
+
+
+class DeviceTagInline(admin.TabularInline):
+    """The device's tags on its change page; the model's validators check key and value."""
+
+    model = DeviceTag
+    fields = ("key", "value")
+    extra = 1
+    verbose_name = "tag"

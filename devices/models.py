@@ -4,6 +4,7 @@ from datetime import timedelta
 from typing import Any
 
 from django.conf import settings
+from django.core.exceptions import ValidationError
 from django.core.validators import MaxValueValidator, MinValueValidator, RegexValidator
 from django.db import models
 from django.db.models import Q
@@ -82,6 +83,9 @@ class Device(models.Model):
     # NULL = nothing reported, as balena stores it; the status rule and tests rely on that.
     update_status = models.CharField(max_length=20, choices=UpdateStatus.choices, null=True, blank=True)  # noqa: DJ001
     download_progress = models.SmallIntegerField(null=True, blank=True, validators=percent_validators)
+    # When update_status last took its current value: set by a state report only when the value
+    # changes (devices/services/reporting.py), so "since" is the time of the change, not of the report.
+    update_status_changed_at = models.DateTimeField(null=True, blank=True)
     # The text the device agent reports (e.g. "Idle", "Downloading"); not the overall status.
     status = models.CharField("agent status", max_length=50, blank=True, default="")
 
@@ -125,6 +129,10 @@ class Device(models.Model):
             models.Index(fields=["organization", "ip_address"], name="dev_org_ip"),
             models.Index(fields=["organization", "api_heartbeat_state", "name"], name="dev_org_heartbeat_name"),
             models.Index(fields=["organization", "is_connected_to_vpn", "name"], name="dev_org_vpn_name"),
+            # The update status filter and sort, and the "update status since" sort (ascending; the
+            # descending NULLS LAST one is PostgreSQL-only, migration 0007, as for last seen).
+            models.Index(fields=["organization", "update_status", "name"], name="dev_org_update_status_name"),
+            models.Index(fields=["organization", "update_status_changed_at"], name="dev_org_update_since"),
             # PostgreSQL-only, outside the model state (migration 0005): trigram GIN indexes for the
             # search (name contains: GIN (upper(name) gin_trgm_ops); IP contains: GIN (ip_address
             # gin_trgm_ops)).
@@ -211,3 +219,48 @@ class TaskRun(models.Model):
 
     def __str__(self) -> str:
         return f"{self.name} at {self.last_success_at}"
+
+
+TAG_KEY_REGEX = r"^[a-z0-9_.-]{1,64}$"
+TAG_VALUE_MAX_LENGTH = 200
+tag_key_validator = RegexValidator(
+    TAG_KEY_REGEX, "A tag key is 1 to 64 characters of a-z, 0-9, underscore, dot and hyphen."
+)
+
+
+def validate_tag_value(value: str) -> None:
+    if not value or len(value) > TAG_VALUE_MAX_LENGTH or not value.isprintable():
+        raise ValidationError(
+            f"A tag value is 1 to {TAG_VALUE_MAX_LENGTH} printable characters (no control characters or line breaks).",
+            code="tag_value",
+        )
+
+
+class DeviceTag(models.Model):
+    """A key/value label on a device (location=gate-b); one value per key and device.
+
+    Written only through devices.services.tags (and the device admin's inline).
+    """
+
+    # No index of its own: devtag_device_key (device, key) serves every lookup by device.
+    device = models.ForeignKey(Device, on_delete=models.CASCADE, related_name="tags", db_index=False)
+    # Denormalised from the device (devices never change organization) so that a tag filter is one
+    # index range on (organization, key, value), yielding the device ids without touching devices.
+    organization = models.ForeignKey(
+        Organization, on_delete=models.CASCADE, related_name="+", db_index=False, editable=False
+    )
+    key = models.CharField(max_length=64, validators=[tag_key_validator])
+    value = models.CharField(max_length=TAG_VALUE_MAX_LENGTH, validators=[validate_tag_value])
+
+    class Meta:
+        ordering = ["key"]
+        constraints = [models.UniqueConstraint(fields=["device", "key"], name="devtag_device_key")]
+        indexes = [models.Index(fields=["organization", "key", "value", "device"], name="devtag_org_key_value")]
+
+    def __str__(self) -> str:
+        return f"{self.key}={self.value}"
+
+    def save(self, *args: Any, **kwargs: Any) -> None:
+        # The admin's inline creates tags through the form; the organization always follows the device.
+        self.organization_id = self.device.organization_id
+        super().save(*args, **kwargs)

@@ -12,18 +12,23 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
+from django.core.exceptions import ValidationError
 from django.core.paginator import Page, Paginator
 from django.db.models import Count, F, Q, QuerySet
 from django.http import HttpRequest, QueryDict
 
-from devices.models import Device
-from devices.status import Status
+from devices.models import TAG_KEY_REGEX, Device, DeviceTag, validate_tag_value
+from devices.status import Status, UpdateStatus
 from fleets import counts as kept_counts
 from fleets.models import Fleet, Membership, Organization
 
 PAGE_SIZE = 50
 MAX_SEARCH_LENGTH = 100
 STATUS_SLUGS: tuple[str, ...] = tuple(s.value for s in Status)
+# ?update_status= takes the stored value, with _ or - for its space ("applying_changes").
+UPDATE_STATUS_VALUES: tuple[str, ...] = tuple(u.value for u in UpdateStatus)
+# ?tag=key:value, repeatable (every tag must match); more would be a query, not a view.
+MAX_TAG_FILTERS = 10
 
 # Sortable columns, in the table's order: URL key -> (label, fields). The pk is always appended as the tiebreaker so the
 # order is total and a page boundary never shows a device twice or skips one. Every sort has an index
@@ -41,11 +46,15 @@ SORTS: dict[str, tuple[str, tuple[str, ...]]] = {
     "last_seen": ("Last seen", ("last_seen_at",)),
     "heartbeat": ("Heartbeat", ("api_heartbeat_state", "name")),
     "cloudlink": ("Cloudlink", ("is_connected_to_vpn", "name")),
+    "update_status": ("Update status", ("update_status", "name")),
+    "update_status_since": ("Update status since", ("update_status_changed_at",)),
 }
 DEFAULT_SORT = "name"
 # Fields that may be NULL: never-seen devices go last in both directions (and on both databases,
 # which disagree about where NULL sorts by default).
-NULLABLE_SORT_FIELDS = {"last_seen_at"}
+NULLABLE_SORT_FIELDS = {"last_seen_at", "update_status_changed_at"}
+# (update_status is NULL until a device reports one; it sorts as PostgreSQL puts NULLs, last
+# ascending and first descending, so that one (organization, update_status, name) index serves both.)
 
 # The columns the Devices table shows (and the badge reads): loading the other ~40 of every row
 # would cost more than rendering it.
@@ -71,6 +80,8 @@ ROW_FIELDS: tuple[str, ...] = (
     "last_vpn_event",
     "last_connectivity_event",
     "cloudlink_enabled",
+    "update_status",
+    "update_status_changed_at",
 )
 
 SLUG_RE = re.compile(r"^[-a-zA-Z0-9_]{1,50}$")
@@ -124,6 +135,11 @@ class DeviceQuery:
     fleets: list[Fleet] = field(default_factory=list)
     fleet_param: str = ""
     q: str = ""
+    # (key, value) pairs, each of which a device must have.
+    tags: list[tuple[str, str]] = field(default_factory=list)
+    update_statuses: list[str] = field(default_factory=list)
+    # The organizations the query was parsed for: the tag filter is scoped to them.
+    organization_ids: list[int] = field(default_factory=list)
     sort: str = DEFAULT_SORT
     descending: bool = False
     page: int = 1
@@ -141,10 +157,32 @@ class DeviceQuery:
     def fleet(self) -> Fleet | None:
         return self.fleets[0] if len(self.fleets) == 1 else None
 
+    @property
+    def narrowed(self) -> bool:
+        """Filters the kept per-status counts cannot answer: the devices themselves are counted."""
+        return bool(self.q or self.tags or self.update_statuses)
+
+
+def parse_tag_filter(value: str) -> tuple[str, str] | str:
+    """ "key:value" -> (key, value), or the reason it is not a tag filter."""
+    key, sep, tag_value = value.strip().partition(":")
+    if not sep or not re.fullmatch(TAG_KEY_REGEX, key):
+        return f"Tag filter {value[:70]!r} is not key:value with a key of a-z, 0-9, _ . - (at most 64)."
+    try:
+        validate_tag_value(tag_value)
+    except ValidationError:
+        return f"Tag filter {value[:70]!r} has no value or one that is not 1 to 200 printable characters."
+    return key, tag_value
+
+
+def parse_update_status(value: str) -> str | None:
+    normalized = value.strip().lower().replace("_", " ").replace("-", " ")
+    return normalized if normalized in UPDATE_STATUS_VALUES else None
+
 
 def parse_device_query(params: QueryDict | Mapping, organizations: list[Organization]) -> DeviceQuery:
     """Validate the Devices page's query parameters; never raises for bad input."""
-    query = DeviceQuery()
+    query = DeviceQuery(organization_ids=[o.pk for o in organizations])
     getlist = params.getlist if hasattr(params, "getlist") else lambda k: [params[k]] if k in params else []
 
     unknown = []
@@ -160,6 +198,9 @@ def parse_device_query(params: QueryDict | Mapping, organizations: list[Organiza
             f"Unknown status {', '.join(repr(v[:40]) for v in unknown)} ignored. "
             f"Known statuses: {', '.join(STATUS_SLUGS)}."
         )
+
+    _parse_tags(query, getlist("tag"))
+    _parse_update_statuses(query, getlist("update_status"))
 
     fleet_values = [v.strip() for v in getlist("fleet") if v.strip()]
     if len(fleet_values) > 1:
@@ -196,6 +237,35 @@ def parse_device_query(params: QueryDict | Mapping, organizations: list[Organiza
     return query
 
 
+def _parse_tags(query: DeviceQuery, values: list[str]) -> None:
+    for value in values:
+        if not value.strip():
+            continue
+        parsed = parse_tag_filter(value)
+        if isinstance(parsed, str):
+            query.notices.append(f"{parsed} Ignored.")
+        elif len(query.tags) >= MAX_TAG_FILTERS:
+            query.notices.append(f"At most {MAX_TAG_FILTERS} tag filters; {value[:70]!r} ignored.")
+        elif parsed not in query.tags:
+            query.tags.append(parsed)
+
+
+def _parse_update_statuses(query: DeviceQuery, values: list[str]) -> None:
+    unknown = []
+    for value in values:
+        parsed = parse_update_status(value)
+        if parsed is not None:
+            if parsed not in query.update_statuses:
+                query.update_statuses.append(parsed)
+        elif value.strip():
+            unknown.append(value)
+    if unknown:
+        query.notices.append(
+            f"Unknown update status {', '.join(repr(v[:40]) for v in unknown)} ignored. "
+            f"Known: {', '.join(UPDATE_STATUS_VALUES)}."
+        )
+
+
 def _parse_fleet(query: DeviceQuery, value: str, organizations: list[Organization]) -> None:
     match = FLEET_PARAM_RE.match(value)
     if not match:
@@ -228,9 +298,26 @@ def filter_devices(devices: QuerySet[Device], query: DeviceQuery, *, with_status
         devices = devices.filter(fleet_id__in=[f.pk for f in query.fleets])
     if query.q:
         devices = devices.filter(search_condition(query.q))
+    if query.update_statuses:
+        devices = devices.filter(update_status__in=query.update_statuses)
+    for key, value in query.tags:
+        # A semi-join per tag (AND): each is one range of (organization, key, value, device) on the
+        # tags, scoped to the same organizations as the devices so no other organization's tag
+        # can match.
+        tagged = DeviceTag.objects.filter(key=key, value=value, organization_id__in=query.organization_ids)
+        devices = devices.filter(pk__in=tagged.values("device_id"))
     if with_status and query.statuses:
         devices = devices.filter(overall_status__in=query.statuses)
     return devices
+
+
+def device_tags(device_ids: Iterable[int]) -> dict[int, dict[str, str]]:
+    """{device id: {key: value}} of the given devices in ONE query (the page's rows, an export chunk)."""
+    tags: dict[int, dict[str, str]] = {}
+    rows = DeviceTag.objects.filter(device_id__in=list(device_ids)).order_by("device_id", "key")
+    for device_id, key, value in rows.values_list("device_id", "key", "value"):
+        tags.setdefault(device_id, {})[key] = value
+    return tags
 
 
 def order_devices(devices: QuerySet[Device], query: DeviceQuery) -> QuerySet[Device]:
@@ -272,7 +359,7 @@ def device_status_counts(organizations: list[Organization], query: DeviceQuery) 
     Organizations and fleets come from the counts the database keeps (fleets/counts.py): the same
     cost for a hundred devices or a million. A search has to look at the devices themselves.
     """
-    if query.q:
+    if query.narrowed:
         return status_counts(filter_devices(scoped_devices(organizations), query, with_status=False))
     fleet_ids = [f.pk for f in query.fleets] if query.fleets else None
     return kept_counts.status_counts([o.pk for o in organizations], fleet_ids)

@@ -13,9 +13,9 @@ from typing import Any
 from django.http import HttpRequest, JsonResponse
 from django.views.decorators.http import require_safe
 
-from devices.models import UUID_REGEX
-from devices.queries import FLEET_PARAM_RE, MAX_SEARCH_LENGTH, SORTS, STATUS_SLUGS
-from readapi.queries import DEFAULT_LIMIT, MAX_LIMIT
+from devices.models import TAG_KEY_REGEX, TAG_VALUE_MAX_LENGTH, UUID_REGEX
+from devices.queries import FLEET_PARAM_RE, MAX_SEARCH_LENGTH, MAX_TAG_FILTERS, STATUS_SLUGS, UPDATE_STATUS_VALUES
+from readapi.queries import API_SORTS, DEFAULT_LIMIT, MAX_LIMIT
 
 API_VERSION = "1.0.0"
 NO_NUL = "^[^\\x00]*$"
@@ -83,6 +83,11 @@ DEVICE_PROPERTIES: dict[str, Any] = {
     "os_version": {"type": "string"},
     "release": {"type": "string"},
     "ip_addresses": {"type": "array", "items": {"type": "string"}},
+    "tags": {
+        "type": "object",
+        "description": 'The device\'s tags, key to value (e.g. {"location": "gate-b"}); {} when it has none.',
+        "additionalProperties": {"type": "string", "maxLength": TAG_VALUE_MAX_LENGTH},
+    },
 }
 
 SCHEMAS: dict[str, Any] = {
@@ -216,7 +221,12 @@ SCHEMAS: dict[str, Any] = {
     },
 }
 
-SORT_VALUES = [*SORTS, *(f"-{key}" for key in SORTS)]
+# The pattern shows the printable ASCII subset of a value; any printable Unicode is accepted.
+TAG_FILTER = {
+    "type": "string",
+    "pattern": f"{TAG_KEY_REGEX.removesuffix('$')}:[ -~]{{1,{TAG_VALUE_MAX_LENGTH}}}$",
+}
+SORT_VALUES = [*API_SORTS, *(f"-{key}" for key in API_SORTS)]
 
 
 def build_document() -> dict[str, Any]:
@@ -253,6 +263,29 @@ def build_document() -> dict[str, Any]:
                             "in": "query",
                             "description": "Name contains, UUID starts with, or IP address contains.",
                             "schema": {"type": "string", "maxLength": MAX_SEARCH_LENGTH, "pattern": NO_NUL},
+                        },
+                        {
+                            "name": "tag",
+                            "in": "query",
+                            "description": (
+                                "key:value; repeatable, a device must have every tag given. The key matches "
+                                f"{TAG_KEY_REGEX}, the value is 1 to {TAG_VALUE_MAX_LENGTH} printable characters. "
+                                "A malformed tag is a 400 naming it."
+                            ),
+                            "style": "form",
+                            "explode": True,
+                            "schema": {"type": "array", "maxItems": MAX_TAG_FILTERS, "items": TAG_FILTER},
+                        },
+                        {
+                            "name": "update_status",
+                            "in": "query",
+                            "description": "Repeatable (any of them); _ or - may stand for the space.",
+                            "style": "form",
+                            "explode": True,
+                            "schema": {
+                                "type": "array",
+                                "items": {"type": "string", "enum": list(UPDATE_STATUS_VALUES)},
+                            },
                         },
                         {"name": "sort", "in": "query", "schema": {"type": "string", "enum": SORT_VALUES}},
                         LIMIT,

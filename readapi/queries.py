@@ -24,13 +24,17 @@ from devices.models import Device
 from devices.queries import (
     FLEET_PARAM_RE,
     MAX_SEARCH_LENGTH,
+    MAX_TAG_FILTERS,
     NULLABLE_SORT_FIELDS,
     SORTS,
     STATUS_SLUGS,
+    UPDATE_STATUS_VALUES,
     DeviceQuery,
     filter_devices,
     order_devices,
     parse_device_query,
+    parse_tag_filter,
+    parse_update_status,
     scoped_devices,
 )
 from fleets.models import Fleet, Organization
@@ -38,7 +42,10 @@ from fleets.models import Fleet, Organization
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 1000
 CURSOR_SALT = "readapi.cursor"
-DEVICE_PARAMS = frozenset({"status", "fleet", "q", "sort", "limit", "cursor"})
+DEVICE_PARAMS = frozenset({"status", "fleet", "q", "tag", "update_status", "sort", "limit", "cursor"})
+# The page's sorts whose first field is NULL for many devices beyond last seen (which the cursor
+# handles on its own): a keyset cursor cannot step over NULLs, so the API does not offer them.
+API_SORTS: tuple[str, ...] = tuple(key for key in SORTS if key not in {"update_status", "update_status_since"})
 
 
 class BadQuery(ValueError):
@@ -88,11 +95,24 @@ def strict_device_query(params: QueryDict, organizations: list[Organization]) ->
     q = single(params, "q")
     if len(q) > MAX_SEARCH_LENGTH:
         raise BadQuery(f"q is longer than {MAX_SEARCH_LENGTH} characters.")
+    tags = params.getlist("tag")
+    for value in tags:
+        parsed = parse_tag_filter(value)
+        if isinstance(parsed, str):
+            raise BadQuery(parsed)
+    if len(tags) > MAX_TAG_FILTERS:
+        raise BadQuery(f"At most {MAX_TAG_FILTERS} tag filters.")
+    for value in params.getlist("update_status"):
+        if parse_update_status(value) is None:
+            raise BadQuery(
+                f"Unknown update_status {value[:40]!r}; known: {', '.join(UPDATE_STATUS_VALUES)} "
+                "(_ or - for the space)."
+            )
     sort = single(params, "sort")
-    if sort and sort.removeprefix("-") not in SORTS:
-        raise BadQuery(f"Cannot sort by {sort[:40]!r}; sortable: {', '.join(SORTS)} (prefix - for descending).")
+    if sort and sort.removeprefix("-") not in API_SORTS:
+        raise BadQuery(f"Cannot sort by {sort[:40]!r}; sortable: {', '.join(API_SORTS)} (prefix - for descending).")
     page_params = QueryDict(mutable=True)
-    for key in ("status", "fleet", "q", "sort"):
+    for key in ("status", "fleet", "q", "tag", "update_status", "sort"):
         page_params.setlist(key, params.getlist(key))
     query = parse_device_query(page_params, organizations)
     if query.fleet_not_found:

@@ -18,7 +18,7 @@ from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
 from devices.models import UUID_REGEX, Device
-from devices.queries import STATUS_SLUGS, device_status_counts, fleet_status_counts, scoped_devices
+from devices.queries import STATUS_SLUGS, device_status_counts, device_tags, fleet_status_counts, scoped_devices
 from devices.status import Status
 from devices.summary import explain, history
 from fleets.models import Fleet
@@ -58,7 +58,7 @@ def _time(value: datetime | None) -> str | None:
     return value.isoformat().replace("+00:00", "Z") if value else None
 
 
-def device_json(row: dict[str, Any], org_slugs: dict[int, str]) -> dict[str, Any]:
+def device_json(row: dict[str, Any], org_slugs: dict[int, str], tags: dict[str, str]) -> dict[str, Any]:
     return {
         "uuid": row["uuid"],
         "name": row["name"],
@@ -73,6 +73,7 @@ def device_json(row: dict[str, Any], org_slugs: dict[int, str]) -> dict[str, Any
         "os_version": row["os_version"],
         "release": row["release"],
         "ip_addresses": row["ip_address"].split(),
+        "tags": tags,
     }
 
 
@@ -103,11 +104,12 @@ def device_list(request: HttpRequest) -> HttpResponse:
     counts = device_status_counts(organizations, query)
     shown = query.statuses or STATUS_SLUGS
     slugs = {o.pk: o.slug for o in organizations}
+    tags = device_tags(row["pk"] for row in page.rows)  # the page's tags in one query
     return JsonResponse(
         {
             "count": sum(counts[s] for s in shown),
             "counts": counts,
-            "results": [device_json(row, slugs) for row in page.rows],
+            "results": [device_json(row, slugs, tags.get(row["pk"], {})) for row in page.rows],
             "next": next_url(request, page.next_cursor),
         }
     )
@@ -137,7 +139,8 @@ def device_detail(request: HttpRequest, uuid: str) -> HttpResponse:
     why = explain(device, now)
     row = {name: getattr(device, name) for name in LIST_FIELDS if name != "fleet__slug"}
     row["fleet__slug"] = device.fleet.slug
-    body = device_json(row, {device.organization_id: device.organization.slug})
+    tags = device_tags([device.pk]).get(device.pk, {})
+    body = device_json(row, {device.organization_id: device.organization.slug}, tags)
     body.update(
         {
             "is_active": device.is_active,

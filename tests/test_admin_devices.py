@@ -39,6 +39,9 @@ def form_data(device: Device, **overrides) -> dict:
         "poll_interval": "" if device.poll_interval is None else str(device.poll_interval),
         "cloudlink_enabled": {None: "unknown", True: "true", False: "false"}[device.cloudlink_enabled],
         "notes": device.notes,
+        # The tags inline's management form (no tags on these devices).
+        "tags-TOTAL_FORMS": "0",
+        "tags-INITIAL_FORMS": "0",
     }
     if device.is_active:
         data["is_active"] = "on"

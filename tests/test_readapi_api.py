@@ -72,6 +72,7 @@ def test_device_list_fields_counts_and_next(api, make_device, fleet):
     assert body["counts"] == {s.value: 1 for s in Status}
     first = body["results"][0]
     assert set(first) == {
+        "tags",
         "uuid",
         "name",
         "organization",
@@ -374,17 +375,18 @@ def test_query_counts_do_not_grow_with_devices(api, make_device, django_assert_n
     for i in range(n):
         make_device(name=f"d{i:02}")
     get(api, "/api/v1/devices")  # last_used_at written once
-    # token, organizations, page, counts
-    with django_assert_num_queries(4):
-        body = get(api, "/api/v1/devices", {"limit": 2, "status": "configuring"})
-    with django_assert_num_queries(4):
-        get(api, body["next"])
-    # token, organizations, fleet, page, counts
+    # token, organizations, page, counts, the page's tags (one query)
     with django_assert_num_queries(5):
+        body = get(api, "/api/v1/devices", {"limit": 2, "status": "configuring"})
+    with django_assert_num_queries(5):
+        get(api, body["next"])
+    # token, organizations, fleet, page, counts, tags
+    with django_assert_num_queries(6):
         get(api, "/api/v1/devices", {"fleet": "kiosks", "sort": "-last_seen"})
     device = make_device(name="x")
     get(api, f"/api/v1/devices/{device.uuid}")
-    with django_assert_num_queries(3):
+    # token, organizations, device, tags
+    with django_assert_num_queries(4):
         get(api, f"/api/v1/devices/{device.uuid}")
     with django_assert_num_queries(4):
         get(api, f"/api/v1/devices/{device.uuid}/history")

@@ -64,9 +64,14 @@ from devices.services.reporting import (
     apply_state_report,
     state_report_snapshot,
 )
+from devices.services.tags import TagError, check_tag, parse_assignment, set_tag
 from devices.services.tunnel import TunnelResult, set_tunnel
 
 __all__ = [
+    "TagError",
+    "check_tag",
+    "parse_assignment",
+    "set_tag",
     "ADMIN_EDITABLE_FIELDS",
     "BATCH_SIZE",
     "FROZEN_OVER_ALLOWANCE",

@@ -90,6 +90,8 @@ def update_device(device: Device | int, changes: dict[str, Any], *, reason: str,
         locked = lock(Device.objects.filter(pk=pk)).get()
         if changes.get("is_active") is True and not locked.is_active:
             changes = {**changes, "activated_at": at}
+        if "update_status" in changes and changes["update_status"] != locked.update_status:
+            changes = {**changes, "update_status_changed_at": at}
         save_locked(locked, changes, reason=reason, at=at)
         if {"poll_interval", "fleet", "fleet_id"} & set(changes):
             # The effective interval may have changed, and with it when the heartbeat goes stale.

@@ -52,7 +52,8 @@ def apply_state_report(snapshot: Mapping[str, Any], changes: dict[str, Any], *, 
     changes, guarded by every status input and the status as read: if anything the status depends
     on changed since the read, the guard matches no row and the report takes the locked path.
     Otherwise update_device() locks the row, recomputes and writes the transition, as for any
-    change. Raises Device.DoesNotExist if the device is gone.
+    change (and moves update_status_changed_at when update_status changes, compared on the locked
+    row). Raises Device.DoesNotExist if the device is gone.
     """
     signals = {name: changes.get(name, snapshot[name]) for name in _ROW_SIGNALS}
     signals["effective_cloudlink"] = effective_cloudlink(
@@ -63,6 +64,10 @@ def apply_state_report(snapshot: Mapping[str, Any], changes: dict[str, Any], *, 
         diff = {name: value for name, value in changes.items() if snapshot.get(name, _MISSING) != value}
         if not diff:
             return True
+        if "update_status" in diff:
+            # "Update status since": only a change of the value moves it, in the same UPDATE (whose
+            # guard includes update_status, so the snapshot's value is the one being replaced).
+            diff["update_status_changed_at"] = at
         if guarded_update(snapshot["pk"], {name: snapshot[name] for name in STATUS_GUARD_FIELDS}, diff):
             return True
     update_device(snapshot["pk"], changes, reason=STATE_REPORTED, at=at)

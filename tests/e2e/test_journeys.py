@@ -528,3 +528,44 @@ def test_j8_csv_export_of_filtered_view(world, page: Page, login, shot):
     assert sorted(on_screen) == sorted(d.uuid for d in wanted)
     assert not {d.uuid for d in unwanted} & {r["uuid"] for r in exported}
     assert_no_console_errors(page)
+
+
+# --- 9. Tag devices in the admin and filter the Devices page by tag ----------------------------------
+
+
+def test_j9_tag_devices_and_filter(world, page: Page, login, shot):
+    from django.core.management import call_command
+
+    gate_a, gate_b, lobby = world.provision_many(3)
+    make_user(world.org, "root", staff=True, role="member")
+    names = _device_names(gate_a, gate_b, lobby)
+
+    login("root", next_path="/admin/devices/device/")
+    for name in names[:2]:
+        page.locator("#result_list tbody tr", has_text=name).locator("input[name='_selected_action']").check()
+    page.locator("select[name='action']").select_option("tag_devices")
+    page.get_by_role("button", name="Go").click()
+    page.locator("input[name='tag']").fill("location=gate-b")
+    page.get_by_role("button", name="Tag 2 devices").click()
+    expect(page.locator(".messagelist .success")).to_contain_text("Set location=gate-b on 2 devices")
+    # The command, as an operator's script would: one of the gate devices is also acme's.
+    call_command("tag_devices", world.org.slug, "customer=acme", gate_a.uuid, lobby.uuid)
+
+    page.goto(f"{world.base_url}/devices/")
+    expect(page.locator("tbody [data-uuid]")).to_have_count(3)
+    row(page, gate_a).get_by_role("link", name="location=gate-b").click()
+    expect(page).to_have_url(re.compile(r"[?&]tag=location%3Agate-b(&|$)"))
+    expect(page.locator("tbody [data-uuid]")).to_have_count(2)
+    assert sorted(row_uuids(page)) == sorted([gate_a.uuid, gate_b.uuid])
+
+    # A second tag narrows further (AND); the search form keeps both tags.
+    page.goto(f"{world.base_url}/devices/?tag=location:gate-b&tag=customer:acme")
+    expect(page.locator("tbody [data-uuid]")).to_have_count(1)
+    assert row_uuids(page) == [gate_a.uuid]
+    expect(page.locator("#devices-summary")).to_contain_text("tagged location=gate-b and customer=acme")
+    expect(row(page, gate_a).locator(".col-tags")).to_contain_text("customer=acme")
+    shot()
+    page.get_by_role("button", name="Apply").click()
+    expect(page.locator("tbody [data-uuid]")).to_have_count(1)
+    assert parse_qs(urlsplit(page.url).query)["tag"] == ["location:gate-b", "customer:acme"]
+    assert_no_console_errors(page)
