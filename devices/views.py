@@ -22,6 +22,7 @@ from django.utils import timezone
 from django.utils.cache import patch_cache_control, patch_vary_headers
 from django.views.decorators.http import require_safe
 
+from devices import saved_views
 from devices.queries import (
     ROW_FIELDS,
     SORTS,
@@ -146,6 +147,8 @@ def device_list(request: HttpRequest) -> HttpResponse:
         "export_query": _export_query(request),
         "devices_url": reverse("devices:list"),
         "fleet_link": _fleet_link(request),
+        # Lazy: only the full page's menu reads it, in one query.
+        "saved_views": saved_views.menu(request.user, organizations),
     }
     status = 404 if query.fleet_not_found else 200
     return render_page(request, "devices/list.html", "devices/_live.html", context, status=status)
