@@ -65,6 +65,14 @@ def naming_for(organization_id: int | None) -> str:
     return naming.by_organization.get(organization_id, naming.viewer)
 
 
+def naming_of(device) -> str:
+    """The naming of a device's organization; outside a page (the admin) the device is not even read."""
+    naming = _naming()
+    if not naming.by_organization:
+        return naming.viewer
+    return naming.by_organization.get(device.organization_id, naming.viewer)
+
+
 def viewer_naming(organizations: list[Organization]) -> str:
     """One naming for what belongs to no single organization: the first organization's (by name)."""
     return organizations[0].status_names if organizations else DEFAULT

@@ -183,7 +183,7 @@ def status_icon(slug: str, css_class: str = "icon") -> Markup:
 def badge(device) -> Markup:
     """The status badge of a device; also the Jinja2 filter device|badge."""
     status = device.overall_status
-    naming = status_names.naming_for(device.organization_id)
+    naming = status_names.naming_of(device)
     return _badge(status, device.frozen_reason if status == Status.FROZEN else "", badge_progress(device), naming)
 
 
