@@ -264,3 +264,29 @@ class DeviceTag(models.Model):
         # The admin's inline creates tags through the form; the organization always follows the device.
         self.organization_id = self.device.organization_id
         super().save(*args, **kwargs)
+
+
+class SavedView(models.Model):
+    """A named Devices page query: its filters, sort and columns, as a validated query string.
+
+    Personal to its owner, or shared with the owner's organization; only the owner renames or deletes it.
+    """
+
+    organization = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="saved_views")
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="saved_views")
+    name = models.CharField(max_length=80)
+    query = models.CharField(max_length=2000, blank=True, default="")
+    shared = models.BooleanField(default=False)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["name", "pk"]
+        constraints = [
+            models.UniqueConstraint(fields=["organization", "owner", "name"], name="unique_saved_view_name"),
+        ]
+        # The menu reads an organization's shared views and a user's own in one query.
+        indexes = [models.Index(fields=["organization", "shared"], name="saved_view_org_shared")]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.organization.slug})"

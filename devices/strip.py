@@ -12,8 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
+from devices import status_names
 from devices.models import Device, StatusTransition
-from devices.status import Status
 
 WINDOWS: tuple[tuple[str, str, timedelta], ...] = (
     ("24h", "24 hours", timedelta(hours=24)),
@@ -25,7 +25,7 @@ MAX_TRANSITIONS = 2000
 MIN_PERCENT = 0.5
 NO_DATA = "nodata"  # before the device existed (its first transition comes from "")
 OTHER = "other"  # several short statuses, or more changes than one read takes
-LABELS = {s.value: s.label for s in Status} | {NO_DATA: "No data", OTHER: "Several changes"}
+LABELS = {NO_DATA: "No data", OTHER: "Several changes"}
 
 
 @dataclass
@@ -38,7 +38,7 @@ class Segment:
 
     @property
     def label(self) -> str:
-        label = LABELS.get(self.status, self.status)
+        label = LABELS.get(self.status) or status_names.label(self.status)
         return f"{label} ({self.changes})" if self.status == OTHER and self.changes > 1 else label
 
     @property

@@ -12,6 +12,7 @@ from datetime import datetime, timedelta
 from django.conf import settings
 from django.db.models import DurationField, ExpressionWrapper, F, Q, Sum, Value
 
+from devices import status_names
 from devices.models import Device, StatusTransition, heartbeat_window
 from devices.status import RULES, HeartbeatState, Status, UpdateStatus, compute_status
 
@@ -140,25 +141,24 @@ def explain(device: Device, now: datetime) -> Explanation:
 def _offline_prediction(device: Device, after_expiry: Status | None, deadline_passed: bool) -> str:
     """What happens if nothing more arrives from the device, in words (the page adds the time)."""
     status = Status(device.overall_status)
+    offline = status_names.label(Status.OFFLINE)
     if status == Status.OFFLINE:
-        return "It is Offline now; its next target-state fetch or tunnel connect brings it back."
+        return f"It is {offline} now; its next target-state fetch or tunnel connect brings it back."
     if status in (Status.INACTIVE, Status.FROZEN):
-        return f"{status.label} devices are not watched for heartbeats; the status changes only when its inputs do."
+        return f"{status_names.label(status)} devices are not watched for heartbeats; the status changes only when its inputs do."
     if after_expiry is not None:
         if deadline_passed:
-            return f"Its heartbeat deadline has passed; the next re-evaluation makes it {after_expiry.label}."
+            return f"Its heartbeat deadline has passed; the next re-evaluation makes it {status_names.label(after_expiry)}."
         if after_expiry == status:
-            return f"Its heartbeat expires at the deadline unless a fetch arrives; the status stays {status.label}."
+            return f"Its heartbeat expires at the deadline unless a fetch arrives; the status stays {status_names.label(status)}."
         if after_expiry == Status.OFFLINE:
-            return "It turns Offline at its heartbeat deadline unless a target-state fetch arrives before then."
+            return f"It turns {offline} at its heartbeat deadline unless a target-state fetch arrives before then."
         return (
-            f"At its heartbeat deadline it becomes {after_expiry.label} unless a target-state fetch arrives; "
-            "it turns Offline once its tunnel is down too."
+            f"At its heartbeat deadline it becomes {status_names.label(after_expiry)} unless a target-state fetch arrives; "
+            f"it turns {offline} once its tunnel is down too."
         )
     if device.is_connected_to_vpn:
-        return (
-            "Its heartbeat has expired already; it turns Offline as soon as the tunnel server reports the tunnel down."
-        )
+        return f"Its heartbeat has expired already; it turns {offline} as soon as the tunnel server reports the tunnel down."
     if status == Status.CONFIGURING:
         return "It has not connected yet, so no deadline is running; it stays Configuring until it does."
     return "No heartbeat deadline is running: it has not fetched its target state since it last went silent."

@@ -23,6 +23,7 @@ from django.utils import timezone
 from django.utils.cache import patch_cache_control, patch_vary_headers
 from django.views.decorators.http import require_safe
 
+from devices import saved_views, status_names
 from devices.queries import (
     ROW_FIELDS,
     SORTS,
@@ -60,7 +61,8 @@ def dashboard_view(view: Callable[..., HttpResponse]) -> Callable[..., HttpRespo
                 response["HX-Redirect"] = f"{resolve_url(settings.LOGIN_URL)}?{urlencode({'next': back})}"
                 return response
             return redirect_to_login(request.get_full_path())
-        response = view(request, *args, **kwargs)
+        with status_names.activate(user_organizations(request)):
+            response = view(request, *args, **kwargs)
         # The full page and its fragment share a URL: caches must keep them apart, and a back
         # button must never show a bare fragment.
         patch_vary_headers(response, ("HX-Request",))
@@ -132,7 +134,7 @@ def device_list(request: HttpRequest) -> HttpResponse:
         "counts": [
             {
                 "slug": s,
-                "label": Status(s).label,
+                "label": status_names.label(s),
                 "n": counts[s],
                 "selected": s in query.statuses,
             }
@@ -155,6 +157,8 @@ def device_list(request: HttpRequest) -> HttpResponse:
         "export_query": _export_query(request),
         "devices_url": reverse("devices:list"),
         "fleet_link": _fleet_link(request),
+        # Lazy: only the full page's menu reads it, in one query.
+        "saved_views": saved_views.menu(request.user, organizations),
     }
     status = 404 if query.fleet_not_found else 200
     return render_page(request, "devices/list.html", "devices/_live.html", context, status=status)
@@ -276,6 +280,7 @@ def device_detail(request: HttpRequest, uuid: str) -> HttpResponse:
     device = scoped_devices(organizations).select_related("fleet", "organization").filter(uuid=uuid.lower()).first()
     if device is None:
         raise Http404("No such device in your organizations.")
+    status_names.focus(device.organization_id)
     now = timezone.now()
     # ?before=<transition id>: an older page of the history (the link under the table).
     before_param = request.GET.get("before", "").strip()

@@ -97,11 +97,11 @@ class MembershipInline(admin.TabularInline):
 
 @admin.register(Organization)
 class OrganizationAdmin(DeviceCountsAdmin):
-    list_display = ("name", "slug", "tier", "usage", "frozen_devices")
-    list_filter = ("tier",)
+    list_display = ("name", "slug", "tier", "status_names", "usage", "frozen_devices")
+    list_filter = ("tier", "status_names")
     search_fields = ("name", "slug")
     prepopulated_fields = {"slug": ("name",)}
-    fields = ("name", "slug", "tier", "device_allowance", "usage", "frozen_devices")
+    fields = ("name", "slug", "tier", "device_allowance", "status_names", "usage", "frozen_devices")
     readonly_fields = ("usage", "frozen_devices")
     inlines = (MembershipInline,)
 

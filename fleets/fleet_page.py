@@ -15,8 +15,8 @@ from django.http import Http404, HttpRequest, HttpResponse
 from django.urls import reverse
 from django.utils import timezone
 
+from devices import status_names
 from devices.queries import user_organizations
-from devices.status import Status
 from devices.views import dashboard_view, render_page
 from fleets import history
 from fleets.counts import status_counts
@@ -35,7 +35,6 @@ DEFAULT_RANGE = "24h"
 INCIDENT_SHARE = 0.10
 CHART_WIDTH = 720
 CHART_HEIGHT = 200
-LABELS = {slug: Status(slug).label for slug in STATUS_SLUGS}
 
 
 @dataclass
@@ -135,7 +134,7 @@ def chart(cols: list[Column], statuses: list[str]) -> dict:
         upper = [low + v for low, v in zip(lower, values, strict=True)]
         edge = [f"{xs[n + k]},{y(value)}" for n, value in enumerate(upper) for k in (0, 1)]
         back = [f"{xs[n + k]},{y(lower[n])}" for n in range(len(cols) - 1, -1, -1) for k in (1, 0)]
-        areas.append({"slug": slug, "label": LABELS[slug], "points": " ".join(edge + back)})
+        areas.append({"slug": slug, "label": status_names.label(slug), "points": " ".join(edge + back)})
         lower = upper
     rows = []
     for n, c in enumerate(cols):
@@ -168,7 +167,7 @@ def _column_title(col: Column) -> str:
     when = f"{col.start.astimezone(UTC):%Y-%m-%d %H:%M}–{col.end.astimezone(UTC):%H:%M} UTC"
     if col.point is None:
         return f"{when}: no data"
-    parts = [f"{LABELS[s]} {n}" for s, n in col.counts.items() if n]
+    parts = [f"{status_names.label(s)} {n}" for s, n in col.counts.items() if n]
     return f"{when}: " + (", ".join(parts) if parts else "no devices") + f" ({col.share_percent}% not online)"
 
 
@@ -180,6 +179,7 @@ def fleet_detail(request: HttpRequest, org_slug: str, fleet_slug: str) -> HttpRe
     fleet = Fleet.objects.filter(organization=organization, slug=fleet_slug).first()
     if fleet is None:
         raise Http404("No such fleet in your organizations.")
+    status_names.focus(organization.pk)
     notices = []
     range_key = request.GET.get("range", "").strip() or DEFAULT_RANGE
     if range_key not in RANGES:
@@ -203,14 +203,14 @@ def fleet_detail(request: HttpRequest, org_slug: str, fleet_slug: str) -> HttpRe
         "now": now,
         "fleet": fleet,
         "organization": organization,
-        "counts": [{"slug": s, "label": LABELS[s], "n": counts[s]} for s in STATUS_SLUGS if counts[s]],
+        "counts": [{"slug": s, "label": status_names.label(s), "n": counts[s]} for s in STATUS_SLUGS if counts[s]],
         "total": total,
         "devices_url": devices_url,
         "range_key": range_key,
         "range_label": label,
         "range_links": [{"key": k, "label": v[0], "selected": k == range_key} for k, v in RANGES.items()],
         "chart": chart(cols, shown),
-        "table_statuses": [{"slug": s, "label": LABELS[s]} for s in shown],
+        "table_statuses": [{"slug": s, "label": status_names.label(s)} for s in shown],
         "incidents": incidents(history.periods(fleet.pk, start, now, INCIDENT_SHARE), start, now_point),
         "incident_percent": round(100 * INCIDENT_SHARE),
         "notices": notices,

@@ -12,12 +12,25 @@ class Tier(models.TextChoices):
     PAID = "paid", "Paid"
 
 
+class StatusNames(models.TextChoices):
+    """Which names the pages give the statuses (devices/status_names.py); only labels change."""
+
+    FLEETSTATUS = "fleetstatus", "fleetstatus (Online, Online (VPN Only), Offline, …)"
+    BALENA = "balena", "balenaCloud (Operational, Reduced Functionality, Disconnected, …)"
+
+
 class Organization(models.Model):
     name = models.CharField(max_length=100)
     slug = models.SlugField(max_length=50, unique=True)
     tier = models.CharField(max_length=8, choices=Tier.choices, default=Tier.FREE)
     # None means unlimited.
     device_allowance = models.PositiveIntegerField(null=True, blank=True)
+    status_names = models.CharField(
+        max_length=12,
+        choices=StatusNames.choices,
+        default=StatusNames.FLEETSTATUS,
+        help_text="The names the pages show for the statuses. Only labels change: URLs, the API and the rule do not.",
+    )
     members = models.ManyToManyField(settings.AUTH_USER_MODEL, through="Membership", related_name="organizations")
     created_at = models.DateTimeField(auto_now_add=True)
 

@@ -16,16 +16,22 @@ from django.http import HttpRequest, HttpResponse
 from django.urls import reverse
 from django.utils import timezone
 
+from devices import status_names
 from devices.queries import STATUS_SLUGS, fleet_status_counts, page_of, parse_page_number, user_organizations
 from devices.status import Status
 from devices.views import dashboard_view, render_page
 from fleets.models import Fleet, Tier
 
 
-def _segments(counts: dict[str, int], href: str = "") -> list[dict]:
+def _segments(counts: dict[str, int], href: str = "", naming: str | None = None) -> list[dict]:
     """Non-zero statuses in the badge order; `href` + "&status=<slug>" is each one's Devices link."""
     return [
-        {"slug": s, "label": Status(s).label, "n": counts[s], "href": f"{href}&status={s}" if href else ""}
+        {
+            "slug": s,
+            "label": status_names.label(s, naming),
+            "n": counts[s],
+            "href": f"{href}&status={s}" if href else "",
+        }
         for s in STATUS_SLUGS
         if counts[s]
     ]
@@ -122,7 +128,7 @@ def fleet_list(request: HttpRequest) -> HttpResponse:
                 "href": href,
                 "page": f"{fleets_url}{section['org'].slug}/{fleet.slug}/",
                 "total": entry["total"],
-                "segments": _segments(entry["counts"], href),
+                "segments": _segments(entry["counts"], href, section["org"].status_names),
             }
         )
     total = online = 0
@@ -133,7 +139,7 @@ def fleet_list(request: HttpRequest) -> HttpResponse:
         # Inactive devices do not count toward the allowance (docs/design.md, Frozen and Inactive); frozen ones do.
         section["active"] = section["total"] - c[Status.INACTIVE]
         section["frozen"] = c[Status.FROZEN]
-        section["segments"] = _segments(c)
+        section["segments"] = _segments(c, naming=section["org"].status_names)
         allowance = section["org"].device_allowance
         section["over"] = allowance is not None and section["active"] > allowance
         if allowance is None:

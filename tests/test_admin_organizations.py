@@ -26,6 +26,7 @@ def form_data(org: Organization, members: list[Membership] = (), **overrides) ->
         "name": org.name,
         "slug": org.slug,
         "tier": org.tier,
+        "status_names": org.status_names,
         "device_allowance": "" if org.device_allowance is None else str(org.device_allowance),
         "memberships-TOTAL_FORMS": str(len(members)),
         "memberships-INITIAL_FORMS": str(len(members)),

@@ -485,8 +485,9 @@ def test_boosted_request_gets_the_full_page(owner_client):
 
 # --- Query counts -------------------------------------------------------------------------------------
 
-# session, user, memberships, status counts, rows, the rows' tags (one query), fleet choices, dead-man's switch
-FULL_PAGE_QUERIES = 8
+# session, user, memberships, status counts, rows, the rows' tags (one query), fleet choices, saved views menu,
+# dead-man's switch
+FULL_PAGE_QUERIES = 9
 # the same without the fleet choices of the filter form
 FRAGMENT_QUERIES = 7
 

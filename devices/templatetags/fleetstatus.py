@@ -21,6 +21,7 @@ from django.template import engines
 from django.utils import timezone
 from markupsafe import Markup
 
+from devices import status_names
 from devices.status import Status
 
 register = template.Library()
@@ -53,11 +54,9 @@ def icon_shapes() -> dict[str, str]:
 
 
 @register.filter
-def status_label(slug: str) -> str:
-    try:
-        return Status(slug).label
-    except ValueError:
-        return slug
+def status_label(slug: str, naming: str | None = None) -> str:
+    """The status's label in `naming`, else in the naming of the page's organization (devices/status_names.py)."""
+    return status_names.label(slug, naming)
 
 
 @register.filter
@@ -184,13 +183,14 @@ def status_icon(slug: str, css_class: str = "icon") -> Markup:
 def badge(device) -> Markup:
     """The status badge of a device; also the Jinja2 filter device|badge."""
     status = device.overall_status
-    return _badge(status, device.frozen_reason if status == Status.FROZEN else "", badge_progress(device))
+    naming = status_names.naming_of(device)
+    return _badge(status, device.frozen_reason if status == Status.FROZEN else "", badge_progress(device), naming)
 
 
 @lru_cache(maxsize=1024)
-def _badge(status: str, frozen_reason: str, progress: int | None) -> Markup:
-    # A page's fifty rows show a handful of distinct badges.
-    return render_macro("_components.html", "status_badge", status, frozen_reason, progress)
+def _badge(status: str, frozen_reason: str, progress: int | None, naming: str) -> Markup:
+    # A page's fifty rows show a handful of distinct badges; the row's organization's naming is part of the key.
+    return render_macro("_components.html", "status_badge", status, frozen_reason, progress, naming)
 
 
 @register.simple_tag(takes_context=True)

@@ -568,4 +568,132 @@ def test_j9_tag_devices_and_filter(world, page: Page, login, shot):
     page.get_by_role("button", name="Apply").click()
     expect(page.locator("tbody [data-uuid]")).to_have_count(1)
     assert parse_qs(urlsplit(page.url).query)["tag"] == ["location:gate-b", "customer:acme"]
+
+
+# --- 10. Saved views: save the current view, open it from the menu, delete it --------------------------
+
+
+def views_menu(page: Page):
+    return page.locator("[data-saved-views]")
+
+
+def open_views_menu(page: Page):
+    menu = views_menu(page)
+    if menu.get_attribute("open") is None:
+        menu.locator("summary").click()
+    return menu
+
+
+def test_j10_save_open_and_delete_a_view(world, page: Page, login, shot):
+    partial = [heartbeat_only(world) for _ in range(3)]
+    others = [online(world), world.register("steady")]
+    view_url = f"/devices/?status=online-heartbeat-only&fleet={world.steady_fleet.slug}&sort=-name"
+    login(next_path=view_url.replace("&", "%26").replace("?", "%3F"))
+    expect(page.locator("tbody [data-uuid]")).to_have_count(len(partial))
+    original = row_uuids(page)
+
+    menu = open_views_menu(page)
+    expect(menu).to_contain_text("No saved views yet")
+    menu.get_by_label("Save this view as").fill("Partial signage")
+    menu.get_by_label("Share with the organization").check()
+    shot("open-menu")
+    menu.get_by_role("button", name="Save view").click()
+    # Saved, and shown again: the stored query is the validated one of the URL.
+    expect_url(page, r"[?&]status=online-heartbeat-only(&|$)")
+    assert query(page)["sort"] == ["-name"] and query(page)["fleet"] == [world.steady_fleet.slug]
+
+    # From the plain Devices page, the menu's link opens the same devices in the same order.
+    page.goto(f"{world.base_url}/devices/")
+    expect(page.locator("tbody [data-uuid]")).to_have_count(len(partial) + len(others))
+    menu = open_views_menu(page)
+    link = menu.get_by_role("link", name="Partial signage")
+    expect(link).to_be_visible()
+    expect(menu).to_contain_text("shared")
+    link.click()
+    expect_url(page, r"[?&]status=online-heartbeat-only(&|$)")
+    expect(page.locator("tbody [data-uuid]")).to_have_count(len(partial))
+    assert row_uuids(page) == original
+    shot()
+
+    # Delete it: the menu is empty again and the view's URL still works on its own.
+    menu = open_views_menu(page)
+    menu.get_by_role("button", name="Delete Partial signage").click()
+    expect(page).to_have_url(re.compile(r"/devices/$"))
+    menu = open_views_menu(page)
+    expect(menu.get_by_role("link", name="Partial signage")).to_have_count(0)
+    expect(menu).to_contain_text("No saved views yet")
+    assert_no_console_errors(page)
+
+
+# --- 11. Fleet page: counts now, the chart over a range, hovering a column -----------------------------
+
+
+def test_j11_fleet_page_range_and_chart_hover(world, page: Page, login, shot):
+    steady_online = [online(world) for _ in range(2)]
+    heartbeat_only(world)
+    login(next_path="/fleets/")
+    card = page.locator(f"[data-fleet='{world.steady_fleet.slug}']")
+    expect(card.locator("[data-fleet-total]")).to_have_text("3")
+    card.get_by_role("link", name="Status over time").click()
+    expect(page).to_have_url(re.compile(rf"/fleets/{world.org.slug}/{world.steady_fleet.slug}/$"))
+    expect(page.locator("[data-status-count='online']").first).to_have_text(str(len(steady_online)))
+    expect(page.locator("[data-status-count='online-heartbeat-only']").first).to_have_text("1")
+    expect(page.locator("svg[data-chart='24h']")).to_be_visible()
+
+    # The range switch: a link, so the URL says what is shown.
+    page.locator("[data-range='7d']").click()
+    expect_url(page, r"[?&]range=7d(&|$)")
+    chart = page.locator("svg[data-chart='7d']")
+    expect(chart).to_be_visible()
+    expect(page.get_by_role("heading", name=re.compile(r"over the last 7 days"))).to_be_visible()
+
+    # Hovering the newest column: its title gives the time and the counts now.
+    newest = chart.locator("rect.chart__hit").last
+    newest.hover()
+    title = newest.locator("title").text_content() or ""
+    assert re.search(r"\d{4}-\d{2}-\d{2} \d{2}:\d{2}", title) and "Online 2" in title, title
+    # The same numbers as a table, for screen readers and without JavaScript.
+    page.get_by_text("The chart's numbers as a table").click()
+    last_row = page.locator(".chart__table tbody tr").last
+    expect(last_row).to_contain_text("2")
+    shot()
+    assert_no_console_errors(page)
+
+
+# --- 12. The status strip on a Device Summary --------------------------------------------------------
+
+
+def test_j12_status_strip_on_a_summary(world, page: Page, login, shot):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from devices.models import StatusTransition
+
+    device = world.register("steady")  # Configuring
+    device.fetch()  # -> Online (Heartbeat Only)
+    world.tunnel.connect(device)  # -> Online
+    wait_until(
+        lambda: StatusTransition.objects.filter(device__uuid=device.uuid).count() == 3, timeout=10, what="3 transitions"
+    )
+    # Seconds-long statuses would be one "several changes" sliver: the journey moves them hours back.
+    now = timezone.now()
+    transitions = StatusTransition.objects.filter(device__uuid=device.uuid).order_by("at", "id")
+    for transition, hours in zip(transitions, (10, 6, 3), strict=True):
+        StatusTransition.objects.filter(pk=transition.pk).update(at=now - timedelta(hours=hours))
+    login(next_path=f"/devices/{device.uuid}/")
+    expect_badge(page, device, "online")
+    for key in ("24h", "7d"):
+        strip = page.locator(f"[data-strip='{key}']")
+        expect(strip).to_be_visible()
+        # No data before the device existed, then each status in order, Online last (now).
+        statuses = strip.locator(".strip__seg").evaluate_all("els => els.map(e => e.dataset.status)")
+        assert statuses == ["nodata", "configuring", "online-heartbeat-only", "online"], (key, statuses)
+    newest = page.locator("[data-strip='24h'] .strip__seg").last
+    newest.focus()
+    expect(newest).to_be_focused()
+    title = newest.get_attribute("title") or ""
+    assert re.match(r"Online from \d{4}-\d{2}-\d{2} \d{2}:\d{2} UTC for ", title), title
+    newest.hover()
+    shot()
     assert_no_console_errors(page)

@@ -56,6 +56,9 @@ URL_CLASSES = {
     "readapi:metrics": "metrics",
     "readapi:tokens": "account-page",
     "readapi:revoke": "account-post",
+    "devices:view-save": "saved-views",
+    "devices:view-rename": "saved-views",
+    "devices:view-delete": "saved-views",
     "notifications:list": "notifications",
     "notifications:add": "notifications",
     "notifications:edit": "notifications",
@@ -270,6 +273,25 @@ def notification_cases(key: str, world) -> list[Case]:
     return cases
 
 
+def saved_view_cases(key: str, world) -> list[Case]:
+    """POST-only forms; another user's or organization's view is a 404; no form data is refused."""
+    from devices.models import SavedView
+
+    mine = world["mine"]
+    owner = mine.organization.memberships.get().user
+    view = SavedView.objects.get_or_create(organization=mine.organization, owner=owner, name="matrix-view")[0]
+    url = {
+        "devices:view-save": "/devices/views/",
+        "devices:view-rename": f"/devices/views/{view.pk}/rename/",
+        "devices:view-delete": f"/devices/views/{view.pk}/delete/",
+    }[key]
+    cases = [Case(url, v, 405) for v in VISITORS] + [Case(url, "anon", 302, redirect_to="/login/", method="post")]
+    if key == "devices:view-save":
+        return cases + [Case(url, v, 400, method="post") for v in ("member", "other", "staff")]
+    cases += [Case(url, v, 404, method="post") for v in ("other", "staff")]
+    return cases + [Case(url, "member", 400 if key == "devices:view-rename" else 303, method="post")]
+
+
 def non_admin_cases(world) -> tuple[list[Case], list[str]]:
     cases: list[Case] = []
     unclassified = []
@@ -305,6 +327,8 @@ def non_admin_cases(world) -> tuple[list[Case], list[str]]:
             cases += device_page_cases(world)
         elif cls == "notifications":
             cases += notification_cases(key, world)
+        elif cls == "saved-views":
+            cases += saved_view_cases(key, world)
         elif cls == "device-api":
             # A browser session authenticates nothing on the device API, staff's included.
             concrete = re.sub(r"<str:uuid>", mine.uuid, url)
