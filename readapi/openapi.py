@@ -224,7 +224,8 @@ SCHEMAS: dict[str, Any] = {
 # The pattern shows the printable ASCII subset of a value; any printable Unicode is accepted.
 TAG_FILTER = {
     "type": "string",
-    "pattern": f"{TAG_KEY_REGEX.removesuffix('$')}:[ -~]{{1,{TAG_VALUE_MAX_LENGTH}}}$",
+    # The filter is stripped before it is read: a value is 1 to 200 characters ending in a non-space.
+    "pattern": f"{TAG_KEY_REGEX.removesuffix('$')}:[ -~]{{0,{TAG_VALUE_MAX_LENGTH - 1}}}[!-~]$",
 }
 SORT_VALUES = [*API_SORTS, *(f"-{key}" for key in API_SORTS)]
 
