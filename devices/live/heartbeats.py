@@ -2,8 +2,9 @@
 
 The device API calls `record_fetch()` for every counted fetch.
 
-Without Redis (no REDIS_URL) a fetch is the database side's record_heartbeat: one conditional
-UPDATE for a device whose heartbeat is online, a locked change with its transition otherwise.
+Without Redis (no live-state Redis, devices.live.redis.live_url) a fetch is the database side's
+record_heartbeat: one conditional UPDATE for a device whose heartbeat is online, a locked change
+with its transition otherwise.
 
 With Redis, a steady-state fetch writes nothing to the database (docs/design.md, Staleness; the way
 open-balena-api keeps heartbeats in Redis). Three keys per shard (devices.live.redis: a device's
@@ -354,7 +355,7 @@ def _parse_id(raw: bytes) -> int | None:
 
 
 def store() -> HeartbeatStore | None:
-    """The live heartbeat store, or None when the database holds heartbeats (no REDIS_URL)."""
+    """The live heartbeat store, or None when the database holds heartbeats (no live-state Redis)."""
     redis_client = client()
     return None if redis_client is None else _store_for(redis_client)
 
