@@ -186,14 +186,18 @@ def _pending(hb, heartbeats, count: int, exclude: set[int]) -> None:
         Device.objects.filter(api_heartbeat_state=HeartbeatState.ONLINE, is_frozen=False)
         .exclude(pk__in=exclude)
         .order_by("uuid")
-        .values_list("pk", flat=True)[:count]
+        .values_list("pk", "uuid")[:count]
     )
     from django.utils import timezone
 
     at = heartbeats.to_us(timezone.now())
+    by_shard: dict[int, list[int]] = {}
+    for pk, uuid in ids:
+        by_shard.setdefault(heartbeats.shard_of(uuid), []).append(pk)
     pipe = warm.bulk_client().pipeline(transaction=False)
-    for start in range(0, len(ids), 5000):
-        pipe.hset(heartbeats.SEEN, mapping={str(pk): at for pk in ids[start : start + 5000]})
+    for shard, members in by_shard.items():
+        for start in range(0, len(members), 5000):
+            pipe.hset(heartbeats.seen_key(shard), mapping={str(pk): at for pk in members[start : start + 5000]})
     pipe.execute()
 
 

@@ -56,17 +56,17 @@ def warm_heartbeats(now: datetime | None = None, *, log=print) -> int:
     rows = (
         Device.objects.filter(api_heartbeat_state=HeartbeatState.ONLINE, is_active=True, is_frozen=False)
         .order_by()
-        .values_list("pk", "poll_interval", "fleet__poll_interval")
+        .values_list("pk", "uuid", "poll_interval", "fleet__poll_interval")
     )
     windows: dict[int, tuple[float, timedelta]] = {}
-    deadlines: dict[int, datetime] = {}
-    for pk, own, fleet_interval in rows.iterator(chunk_size=20_000):
+    deadlines: dict[tuple[int, str], datetime] = {}
+    for pk, uuid, own, fleet_interval in rows.iterator(chunk_size=20_000):
         interval = effective_poll_interval(own, fleet_interval)
         if interval not in windows:
             windows[interval] = (float(interval), heartbeat_window(interval))
         seconds, window = windows[interval]
         # As if the device's latest fetch happened at a random moment of its last interval.
-        deadlines[pk] = now - timedelta(seconds=rng.random() * seconds) + window
+        deadlines[pk, uuid] = now - timedelta(seconds=rng.random() * seconds) + window
     hb.mark_online_many(deadlines)
     n = len(deadlines)
     log(f"   heartbeat store warmed: {n:,} online devices, deadlines in the future ({time.perf_counter() - t0:.1f} s)")
@@ -89,10 +89,15 @@ def rearm(ids: list[int], now: datetime | None = None) -> None:
     """Between two sweeps of P6: the expired devices back in the online set, no fetch pending."""
     heartbeats, _ = store()
     deadline = heartbeats.to_us((now or timezone.now()) + timedelta(hours=1))
+    by_shard: dict[int, list[int]] = {}
+    for pk, uuid in Device.objects.filter(pk__in=ids).values_list("pk", "uuid").iterator(chunk_size=BATCH):
+        by_shard.setdefault(heartbeats.shard_of(uuid), []).append(pk)
     pipe = bulk_client().pipeline(transaction=False)
-    pipe.delete(heartbeats.SEEN)
-    for start in range(0, len(ids), BATCH):
-        pipe.zadd(heartbeats.ONLINE, {str(pk): deadline for pk in ids[start : start + BATCH]})
+    for shard in range(heartbeats.shard_count()):
+        pipe.delete(heartbeats.seen_key(shard))
+    for shard, members in by_shard.items():
+        for start in range(0, len(members), BATCH):
+            pipe.zadd(heartbeats.online_key(shard), {str(pk): deadline for pk in members[start : start + BATCH]})
     pipe.execute()
 
 

@@ -1,23 +1,25 @@
 """The periodic jobs that keep statuses true as time passes (Celery beat calls them via devices.tasks).
 
-run_sweep() is the staleness engine (every FLEETSTATUS_SWEEP_INTERVAL seconds): write back the
-fetch times the Redis store collected, then expire every heartbeat whose deadline passed, each
-transition stamped at its deadline. reconcile_all_frozen() and prune_transitions() are the slower
+run_sweep() is the staleness engine (every FLEETSTATUS_SWEEP_INTERVAL seconds, shard by shard of the
+live state): write back the fetch times the Redis store collected, then expire every heartbeat
+whose deadline passed, each transition stamped at its deadline. reconcile_all_frozen() and prune_transitions() are the slower
 housekeeping. All are plain functions, safe to run twice at once and after any downtime.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from datetime import datetime, timedelta
 from typing import Any, NamedTuple
 
 from django.conf import settings
-from django.db.models import Exists, OuterRef, Q
+from django.db.models import Count, Exists, Min, OuterRef, Q
 from django.utils import timezone
 from redis.exceptions import RedisError
 
 from devices.live import heartbeats
+from devices.live import redis as live_redis
 from devices.models import Device, StatusTransition, TaskRun
 from devices.services import BATCH_SIZE, expire_heartbeats, reconcile_frozen
 from devices.status import Status
@@ -32,39 +34,83 @@ PRUNE_TASK = "prune-transitions"
 STALE_AFTER_INTERVALS = 3
 
 
-def run_sweep(now: datetime | None = None, *, batch_size: int = BATCH_SIZE) -> dict[str, Any]:
-    """One pass of the staleness engine; returns what it did (also kept in TaskRun("sweep").details).
+def shard_task(shard: int) -> str:
+    """The TaskRun of one shard's sweep; TaskRun("sweep") holds the oldest of them."""
+    return f"{SWEEP_TASK}:{shard}"
+
+
+def run_sweep(
+    now: datetime | None = None, *, batch_size: int = BATCH_SIZE, shards: Iterable[int] | None = None
+) -> dict[str, Any]:
+    """One pass of the staleness engine over `shards` (default: all); returns what it did.
+
+    Each shard (devices.live.redis) is swept on its own: its write-back, then the expiry of its due
+    devices, then TaskRun("sweep:<shard>") is stamped. Any number of workers may sweep shards in
+    parallel, and the same shard twice at once (as one whole sweep always could). TaskRun("sweep")
+    gets the details of this pass and the OLDEST shard's last success, so the pages warn as soon as
+    any shard falls behind.
 
     With Redis, nothing is expired on data the sweep cannot read: if Redis is unreachable or lost
-    its data mid-run, the Redis-dependent part stops, the failure is recorded, and
-    last_success_at is left alone so the pages warn once it is old (the next run catches up, with
-    transitions at their true deadlines).
+    its data mid-run, that shard stops, the failure is recorded, and its last success is left alone
+    (the next run catches up, with transitions at their true deadlines).
     """
     now = now or timezone.now()
-    details: dict[str, Any] = {"now": now.isoformat()}
+    selected = list(range(live_redis.shard_count())) if shards is None else sorted(set(shards))
+    details: dict[str, Any] = {"now": now.isoformat(), "expired": 0}
     store = heartbeats.store()
-    if store is None:
-        details["expired"] = expire_heartbeats(now, batch_size=batch_size)
-    else:
-        try:
-            token, recovered = store.ensure_trusted(now)
-            if recovered is not None:
-                details["store_recovered"] = recovered
-            # Write-back first: a device that fetched since the last run gets its real deadline
-            # before the expiry reads the due rows. Fetches landing after this are caught by
-            # claim() (it skips devices with an entry in `seen`; the next run writes them back).
-            details["written_back"] = store.write_back(batch_size)
-            details["expired"] = expire_heartbeats(
-                now, batch_size=batch_size, claim=lambda ids: store.claim(ids, token)
-            )
-        except (RedisError, heartbeats.StoreReset) as exc:
-            logger.warning("sweep skipped the heartbeat store part: %s", exc)
-            details["error"] = f"heartbeat store: {exc}"
-            details["failed_at"] = timezone.now().isoformat()
-            TaskRun.objects.filter(name=SWEEP_TASK).update(details=details)
-            return details
-    _succeeded(SWEEP_TASK, details)
+    for shard in selected:
+        done = _sweep_shard(store, shard, now, batch_size)
+        for key in ("expired", "written_back", "store_recovered"):
+            if key in done:
+                details[key] = details.get(key, 0) + done[key]
+        if "error" in done:
+            details["error"], details["failed_at"] = done["error"], done["failed_at"]
+            TaskRun.objects.filter(name=shard_task(shard)).update(details=done)
+        else:
+            _succeeded(shard_task(shard), done)
+    details["shards"] = selected
+    _record_oldest(details)
     return details
+
+
+def _sweep_shard(store: heartbeats.HeartbeatStore | None, shard: int, now: datetime, batch_size: int) -> dict[str, Any]:
+    uuids = live_redis.uuid_range(shard)
+    details: dict[str, Any] = {"now": now.isoformat()}
+    if store is None:
+        details["expired"] = expire_heartbeats(now, batch_size=batch_size, uuids=uuids)
+        return details
+    try:
+        token, recovered = store.ensure_trusted(now, shard)
+        if recovered is not None:
+            details["store_recovered"] = recovered
+        # Write-back first: a device that fetched since the last run gets its real deadline
+        # before the expiry reads the due rows. Fetches landing after this are caught by
+        # claim() (it skips devices with an entry in `seen`; the next run writes them back).
+        details["written_back"] = store.write_back(shard, batch_size)
+        details["expired"] = expire_heartbeats(
+            now, batch_size=batch_size, claim=lambda ids: store.claim(shard, ids, token), uuids=uuids
+        )
+    except (RedisError, heartbeats.StoreReset) as exc:
+        logger.warning("sweep of shard %d skipped the heartbeat store part: %s", shard, exc)
+        details["error"] = f"heartbeat store: {exc}"
+        details["failed_at"] = timezone.now().isoformat()
+    return details
+
+
+def _record_oldest(details: dict[str, Any]) -> None:
+    """TaskRun("sweep") = this pass's details and the oldest shard's last success (once every shard has one).
+
+    Two shard sweeps finishing at once may leave an older value than the truth until the next
+    run; never a newer one (each reads committed stamps, which only move forward).
+    """
+    names = [shard_task(s) for s in range(live_redis.shard_count())]
+    stamps = TaskRun.objects.filter(name__in=names).aggregate(n=Count("pk"), oldest=Min("last_success_at"))
+    if stamps["n"] == len(names):
+        TaskRun.objects.update_or_create(
+            name=SWEEP_TASK, defaults={"last_success_at": stamps["oldest"], "details": details}
+        )
+    else:
+        TaskRun.objects.filter(name=SWEEP_TASK).update(details=details)
 
 
 class SweepHealth(NamedTuple):
@@ -74,7 +120,8 @@ class SweepHealth(NamedTuple):
 
 
 def sweep_health(now: datetime | None = None) -> SweepHealth:
-    """When statuses were last re-evaluated, how long ago, and whether that is too long (one query).
+    """When statuses were last re-evaluated (by the shard that is furthest behind), how long ago,
+    and whether that is too long (one query).
 
     Stale past three sweep intervals, or when no sweep ever succeeded: then no status on any page
     can be trusted to reflect the passing of time.

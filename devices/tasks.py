@@ -16,10 +16,19 @@ PERIODIC = {"acks_late": False}
 
 @shared_task(name="devices.tasks.sweep", **PERIODIC)
 def sweep() -> dict[str, Any]:
+    """Every shard in one task (beat sends sweep_shards per group; this stays for manual runs)."""
     from devices.sweep import run_sweep
     from fleetstatus.metrics import timed_sweep
 
     return timed_sweep(run_sweep)()
+
+
+@shared_task(name="devices.tasks.sweep_shards", **PERIODIC)
+def sweep_shards(shards: list[int]) -> dict[str, Any]:
+    from devices.sweep import run_sweep
+    from fleetstatus.metrics import timed_sweep
+
+    return timed_sweep(lambda: run_sweep(shards=shards))()
 
 
 @shared_task(name="devices.tasks.reconcile_frozen", **PERIODIC)

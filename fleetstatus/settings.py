@@ -169,6 +169,17 @@ else:
         "store_processed": False,
     }
 
+# The Redis of the live state (heartbeat store and device cache, devices/live/): REDIS_URL unless
+# set; `redis+cluster://host:port[,host:port...]` makes it a Redis Cluster. The Celery broker stays
+# on REDIS_URL: Celery's Redis transport cannot use a cluster.
+FLEETSTATUS_LIVE_REDIS_URL = os.environ.get("FLEETSTATUS_LIVE_REDIS_URL", "")
+# Shards of the live state (each one hash slot of a cluster) and sweep tasks per interval (each
+# sweeps a group of shards). Changing the shard count needs the live state emptied (devices/live/redis.py).
+FLEETSTATUS_HEARTBEAT_SHARDS = env_int("FLEETSTATUS_HEARTBEAT_SHARDS", 16)
+FLEETSTATUS_SWEEP_TASKS = env_int("FLEETSTATUS_SWEEP_TASKS", 4)
+if not 1 <= FLEETSTATUS_HEARTBEAT_SHARDS <= 4096 or not 1 <= FLEETSTATUS_SWEEP_TASKS:
+    raise ImproperlyConfigured("FLEETSTATUS_HEARTBEAT_SHARDS must be 1..4096, FLEETSTATUS_SWEEP_TASKS at least 1")
+
 CELERY_TASK_IGNORE_RESULT = True
 CELERY_RESULT_BACKEND = None
 CELERY_TIMEZONE = "UTC"
@@ -228,12 +239,29 @@ EMAIL_USE_SSL = _email["EMAIL_USE_SSL"]
 EMAIL_TIMEOUT = _email["EMAIL_TIMEOUT"] or 30
 DEFAULT_FROM_EMAIL = os.environ.get("DEFAULT_FROM_EMAIL", "fleetstatus@localhost")
 
+# Beat: with Redis, only the beat holding a lock in Redis schedules (fleetstatus/celery.py,
+# LockedScheduler), renewed every loop; a standby beat on another machine takes over once the active
+# one stops renewing it: within the lock's time to live + one loop, kept at two sweep intervals.
+if REDIS_URL:
+    CELERY_BEAT_SCHEDULER = "fleetstatus.celery:LockedScheduler"
+    CELERY_BEAT_MAX_LOOP_INTERVAL = max(FLEETSTATUS_SWEEP_INTERVAL / 4, 0.5)
+    FLEETSTATUS_BEAT_LOCK_TTL = 2 * FLEETSTATUS_SWEEP_INTERVAL - CELERY_BEAT_MAX_LOOP_INTERVAL
+
+# One sweep task per group of shards, so that several workers sweep in parallel.
+_SWEEP_GROUPS = [
+    list(range(FLEETSTATUS_HEARTBEAT_SHARDS))[g :: min(FLEETSTATUS_SWEEP_TASKS, FLEETSTATUS_HEARTBEAT_SHARDS)]
+    for g in range(min(FLEETSTATUS_SWEEP_TASKS, FLEETSTATUS_HEARTBEAT_SHARDS))
+]
 CELERY_BEAT_SCHEDULE = {
-    "sweep": {
-        "task": "devices.tasks.sweep",
-        "schedule": float(FLEETSTATUS_SWEEP_INTERVAL),
-        # A sweep message that waited longer than one interval is useless: the next one is due.
-        "options": {"expires": float(FLEETSTATUS_SWEEP_INTERVAL)},
+    **{
+        f"sweep-{group[0]}": {
+            "task": "devices.tasks.sweep_shards",
+            "schedule": float(FLEETSTATUS_SWEEP_INTERVAL),
+            "args": (group,),
+            # A sweep message that waited longer than one interval is useless: the next one is due.
+            "options": {"expires": float(FLEETSTATUS_SWEEP_INTERVAL)},
+        }
+        for group in _SWEEP_GROUPS
     },
     # Device counts per fleet and status (fleets/counts.py): fold the triggers' deltas.
     "fold-status-counts": {

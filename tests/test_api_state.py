@@ -165,7 +165,7 @@ def test_steady_state_fetch_with_redis_writes_nothing_to_the_database(make_devic
     device.refresh_from_db()
     assert device.overall_status == Status.ONLINE_HEARTBEAT_ONLY
     assert device.last_api_heartbeat_at == T0  # later fetches live in Redis until the sweep writes them back
-    assert heartbeats.store().client.hget(heartbeats.SEEN, device.pk) is not None
+    assert heartbeats.store().client.hget(heartbeats.seen_key(heartbeats.shard_of(device.uuid)), device.pk) is not None
 
 
 @pytest.mark.parametrize(

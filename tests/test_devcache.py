@@ -132,18 +132,20 @@ def test_cached_fetch_counts_in_the_heartbeat_store_exactly_as_record_fetch_does
     cached(client, fast_dev, at, django_assert_num_queries)
     heartbeats.record_fetch(Device.objects.select_related("fleet").get(pk=slow_dev.pk), at=at)
     client_ = heartbeats.store().client
-    fast_score = client_.zscore(heartbeats.ONLINE, fast_dev.pk)
+    fast_score = client_.zscore(heartbeats.online_key(heartbeats.shard_of(fast_dev.uuid)), fast_dev.pk)
     assert (
-        fast_score == client_.zscore(heartbeats.ONLINE, slow_dev.pk) == heartbeats.to_us(at + timedelta(seconds=67.5))
+        fast_score
+        == client_.zscore(heartbeats.online_key(heartbeats.shard_of(slow_dev.uuid)), slow_dev.pk)
+        == heartbeats.to_us(at + timedelta(seconds=67.5))
     )
     assert (
-        client_.hget(heartbeats.SEEN, fast_dev.pk)
-        == client_.hget(heartbeats.SEEN, slow_dev.pk)
+        client_.hget(heartbeats.seen_key(heartbeats.shard_of(fast_dev.uuid)), fast_dev.pk)
+        == client_.hget(heartbeats.seen_key(heartbeats.shard_of(slow_dev.uuid)), slow_dev.pk)
         == str(heartbeats.to_us(at)).encode()
     )
     # An older fetch arriving late does not move anything back (the same rule as _FETCH).
     cached(client, fast_dev, at - timedelta(seconds=10), django_assert_num_queries)
-    assert client_.zscore(heartbeats.ONLINE, fast_dev.pk) == fast_score
+    assert client_.zscore(heartbeats.online_key(heartbeats.shard_of(fast_dev.uuid)), fast_dev.pk) == fast_score
 
 
 def test_the_cached_fetch_writes_nothing_to_the_database(client, make_device, django_assert_num_queries):
@@ -179,10 +181,12 @@ def test_another_cached_devices_key_is_401_and_counts_nothing(client, make_devic
     device, other = make_device(), make_device()
     at = steady(client, device)
     steady(client, other)
-    seen_before = heartbeats.store().client.hget(heartbeats.SEEN, device.pk)
+    seen_before = heartbeats.store().client.hget(heartbeats.seen_key(heartbeats.shard_of(device.uuid)), device.pk)
     r = get(client, device, key=other.api_key, at=at)
     assert r.status_code == 401 and r.json() == {"error": "The API key is not valid for this device."}
-    assert heartbeats.store().client.hget(heartbeats.SEEN, device.pk) == seen_before
+    assert (
+        heartbeats.store().client.hget(heartbeats.seen_key(heartbeats.shard_of(device.uuid)), device.pk) == seen_before
+    )
 
 
 def test_bad_uuid_and_wrong_method_keep_their_answers(client, make_device):
@@ -206,7 +210,7 @@ def test_frozen_cached_device_gets_304_without_a_query_and_the_fetch_does_not_co
     expected = database_answer(client, device, settings, at)
     assert r.status_code == 304 and r.content == b""
     assert answer(r) == answer(expected)
-    assert heartbeats.store().client.hget(heartbeats.SEEN, device.pk) is None
+    assert heartbeats.store().client.hget(heartbeats.seen_key(heartbeats.shard_of(device.uuid)), device.pk) is None
     assert Device.objects.get(pk=device.pk).api_heartbeat_state == HeartbeatState.UNKNOWN
 
 
@@ -238,7 +242,9 @@ def test_a_late_fetch_goes_to_the_database_and_records_the_gap(client, make_devi
 def test_not_in_the_online_set_goes_to_the_database(client, make_device, django_assert_max_num_queries):
     device = make_device()
     at = steady(client, device)
-    heartbeats.store().client.zrem(heartbeats.ONLINE, device.pk)  # as the sweep's claim does
+    heartbeats.store().client.zrem(
+        heartbeats.online_key(heartbeats.shard_of(device.uuid)), device.pk
+    )  # as the sweep's claim does
     with django_assert_max_num_queries(10) as captured:
         assert get(client, device, at=at).status_code == 200
     assert len(captured) >= 1
@@ -430,7 +436,7 @@ def test_a_fleet_fill_from_before_a_fleet_change_is_refused(fleet, make_device):
     stale = Device.objects.select_related("fleet").get(pk=device.pk)
     committed(lambda: services.update_fleet(fleet, {"poll_interval": 1200}, reason="t"))
     devcache.fill(stale, gens, T0)
-    assert devcache._scripts().client.hget(devcache.FLEETS, fleet.pk) is None
+    assert devcache._scripts().client.hget(devcache.fleets_key(devcache.shard_of(device.uuid)), fleet.pk) is None
 
 
 def test_state_reports_do_not_invalidate(client, make_device, django_assert_num_queries):
@@ -453,7 +459,7 @@ def test_an_old_fleet_entry_counts_as_missing(client, make_device, settings, dja
     device = make_device()
     at = steady(client, device)
     later = at + timedelta(seconds=settings.FLEETSTATUS_DEVICE_CACHE_TTL + 1)
-    heartbeats.store().mark_online(device.pk, later + timedelta(seconds=60))
+    heartbeats.store().mark_online(device.pk, device.uuid, later + timedelta(seconds=60))
     with django_assert_max_num_queries(5) as captured:
         assert get(client, device, at=later).status_code == 200
     assert len(captured) >= 1
@@ -538,7 +544,9 @@ def test_a_cached_steady_state_fetch_needs_no_database(client, make_device, monk
 def test_the_fallback_path_answers_503_when_the_database_is_down(client, make_device, monkeypatch):
     device = make_device()
     at = steady(client, device)
-    heartbeats.store().client.zrem(heartbeats.ONLINE, device.pk)  # not online in Redis: the database decides
+    heartbeats.store().client.zrem(
+        heartbeats.online_key(heartbeats.shard_of(device.uuid)), device.pk
+    )  # not online in Redis: the database decides
     monkeypatch.setattr("devices.api.views.Device", _DatabaseDown)
     r = get(client, device, at=at)
     assert r.status_code == 503 and r["Retry-After"] and "database" in r.json()["error"]

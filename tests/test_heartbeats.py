@@ -125,9 +125,12 @@ def test_steady_state_fetch_makes_no_database_write(make_device):
     assert queries.captured_queries == []  # not even a read: the API's device read is all it takes
     stored = reload(d)
     assert (stored.last_api_heartbeat_at, stored.heartbeat_deadline) == (T0, T0 + DEFAULT_WINDOW)
-    assert hb.client.hget(heartbeats.SEEN, d.pk) == str(heartbeats.to_us(T0 + timedelta(minutes=30))).encode()
+    assert (
+        hb.client.hget(heartbeats.seen_key(heartbeats.shard_of(d.uuid)), d.pk)
+        == str(heartbeats.to_us(T0 + timedelta(minutes=30))).encode()
+    )
     deadline = T0 + timedelta(minutes=30) + DEFAULT_WINDOW
-    assert hb.client.zscore(heartbeats.ONLINE, d.pk) == heartbeats.to_us(deadline)
+    assert hb.client.zscore(heartbeats.online_key(heartbeats.shard_of(d.uuid)), d.pk) == heartbeats.to_us(deadline)
     assert len(history(d)) == 2
 
 
@@ -140,7 +143,9 @@ def test_device_online_in_database_joins_the_set_on_its_next_fetch(make_device):
     with CaptureQueriesContext(connection) as queries:
         fetch(device, T0 + timedelta(minutes=5))
     assert len(writes(queries)) == 1  # the conditional UPDATE of the database path
-    assert hb.client.zscore(heartbeats.ONLINE, d.pk) == heartbeats.to_us(T0 + timedelta(minutes=5) + DEFAULT_WINDOW)
+    assert hb.client.zscore(heartbeats.online_key(heartbeats.shard_of(d.uuid)), d.pk) == heartbeats.to_us(
+        T0 + timedelta(minutes=5) + DEFAULT_WINDOW
+    )
     with CaptureQueriesContext(connection) as queries:
         heartbeats.record_fetch(reload(d), at=T0 + timedelta(minutes=10))
     assert writes(queries) == []
@@ -171,7 +176,7 @@ def test_write_back_during_a_slow_path_fetch_is_not_regressed(make_device):
     services.record_heartbeat(reload(d), at=T0 + timedelta(seconds=120))  # newer, through the database
     assert hb.write_back() == 0
     assert reload(d).last_api_heartbeat_at == T0 + timedelta(seconds=120)
-    assert hb.client.hlen(heartbeats.SEEN) == 0
+    assert hb.pending_count() == 0
 
 
 # --- Redis unavailable -------------------------------------------------------------------------

@@ -278,8 +278,11 @@ def test_write_back_moves_times_forward_in_bulk(make_device):
     with CaptureQueriesContext(connection) as queries:
         assert hb.write_back() == 5
     statements = [q["sql"].split()[0].upper() for q in queries.captured_queries]
-    # One locking SELECT and one UPDATE ... FROM (VALUES ...) for the batch (plus its savepoint).
-    assert [s for s in statements if s in {"SELECT", "UPDATE", "INSERT", "DELETE"}] == ["SELECT", "UPDATE"]
+    # One locking SELECT and one UPDATE ... FROM (VALUES ...) per shard's batch (plus its savepoint).
+    shards = {heartbeats.shard_of(d.uuid) for d in devices}
+    assert [s for s in statements if s in {"SELECT", "UPDATE", "INSERT", "DELETE"}] == ["SELECT", "UPDATE"] * len(
+        shards
+    )
     for i, d in enumerate(devices):
         at = T0 + timedelta(minutes=5, seconds=i)
         stored = reload(d)
@@ -288,7 +291,7 @@ def test_write_back_moves_times_forward_in_bulk(make_device):
             at,
             at + DEFAULT_WINDOW,
         )
-    assert hb.client.hlen(heartbeats.SEEN) == 0
+    assert hb.pending_count() == 0
     assert hb.write_back() == 0
 
 
@@ -309,7 +312,10 @@ def test_write_back_keeps_a_fetch_that_arrives_meanwhile(make_device, monkeypatc
     monkeypatch.setattr(services, "write_back_heartbeats", with_a_fetch_in_between)
     hb.write_back()
     assert reload(d).last_api_heartbeat_at == T0 + timedelta(minutes=5)
-    assert hb.client.hget(heartbeats.SEEN, d.pk) == str(heartbeats.to_us(T0 + timedelta(minutes=6))).encode()
+    assert (
+        hb.client.hget(heartbeats.seen_key(heartbeats.shard_of(d.uuid)), d.pk)
+        == str(heartbeats.to_us(T0 + timedelta(minutes=6))).encode()
+    )
     monkeypatch.setattr(services, "write_back_heartbeats", original)
     hb.write_back()
     assert reload(d).last_api_heartbeat_at == T0 + timedelta(minutes=6)
@@ -348,8 +354,10 @@ def test_write_back_skips_a_row_another_transaction_holds(make_device):
         holder.join(timeout=30)
     assert reload(free).last_api_heartbeat_at == T0 + timedelta(minutes=1)
     assert reload(held).last_api_heartbeat_at == T0
-    assert hb.client.hexists(heartbeats.SEEN, held.pk) and not hb.client.hexists(heartbeats.SEEN, free.pk)
-    assert hb.client.zscore(heartbeats.ONLINE, held.pk) is not None
+    assert hb.client.hexists(heartbeats.seen_key(heartbeats.shard_of(held.uuid)), held.pk) and not hb.client.hexists(
+        heartbeats.seen_key(heartbeats.shard_of(free.uuid)), free.pk
+    )
+    assert hb.client.zscore(heartbeats.online_key(heartbeats.shard_of(held.uuid)), held.pk) is not None
     assert hb.write_back() == 1
     assert reload(held).last_api_heartbeat_at == T0 + timedelta(minutes=1)
 
@@ -367,7 +375,7 @@ def test_write_back_drops_set_members_the_database_does_not_have_online(make_dev
     )
     hb.write_back()
     assert reload(d).last_api_heartbeat_at == T0  # not folded into an offline heartbeat
-    assert hb.client.zscore(heartbeats.ONLINE, d.pk) is None
+    assert hb.client.zscore(heartbeats.online_key(heartbeats.shard_of(d.uuid)), d.pk) is None
     fetch(d, T0 + timedelta(minutes=3))  # so the next fetch takes the database path
     assert history(d)[-1] == (OFFLINE, HB_ONLY, T0 + timedelta(minutes=3))
 
@@ -397,10 +405,10 @@ def test_fetch_landing_before_the_claim_keeps_the_device_online(make_device, mon
     now = T0 + DEFAULT_WINDOW - timedelta(seconds=1)
     real_claim = hb.claim
 
-    def fetch_then_claim(ids, token):
+    def fetch_then_claim(shard, ids, token):
         # The rows are locked and due; the device fetches (Redis only) just before the claim.
         heartbeats.record_fetch(reload(d), at=now)
-        return real_claim(ids, token)
+        return real_claim(shard, ids, token)
 
     monkeypatch.setattr(hb, "claim", fetch_then_claim)
     assert run_sweep(T0 + DEFAULT_WINDOW)["expired"] == 0
@@ -422,15 +430,15 @@ def test_fetch_after_the_claim_cannot_take_the_fast_path(make_device, monkeypatc
     outcomes = []
     real_claim = hb.claim
 
-    def claim_then_fetch(ids, token):
-        claimed = real_claim(ids, token)
-        outcomes.append(hb.fetch(d.pk, deadline + timedelta(seconds=1), deadline + DEFAULT_WINDOW))
+    def claim_then_fetch(shard, ids, token):
+        claimed = real_claim(shard, ids, token)
+        outcomes.append(hb.fetch(d.pk, d.uuid, deadline + timedelta(seconds=1), deadline + DEFAULT_WINDOW))
         return claimed
 
     monkeypatch.setattr(hb, "claim", claim_then_fetch)
     assert run_sweep(deadline + timedelta(seconds=1))["expired"] == 1
     assert outcomes[0].counted is False  # not a member any more: it must go to the database
-    assert hb.client.hlen(heartbeats.SEEN) == 0
+    assert hb.pending_count() == 0
 
 
 @pytest.mark.postgres
@@ -456,8 +464,8 @@ def test_fetch_racing_the_expiry_commit_gives_each_transition_once(make_device, 
         finally:
             connections.close_all()
 
-    def claim_then_fetch(ids, token):
-        claimed = real_claim(ids, token)
+    def claim_then_fetch(shard, ids, token):
+        claimed = real_claim(shard, ids, token)
         t = threading.Thread(target=fetch_in_another_connection)
         t.start()
         threads.append(t)
@@ -482,7 +490,9 @@ def test_fetch_racing_the_expiry_commit_gives_each_transition_once(make_device, 
     assert not errors
     assert [row[1:] for row in history(d)][-2:] == [(OFFLINE, deadline), (HB_ONLY, back)]
     assert len(offline_transitions(d)) == 1
-    assert hb.client.zscore(heartbeats.ONLINE, d.pk) == heartbeats.to_us(back + DEFAULT_WINDOW)
+    assert hb.client.zscore(heartbeats.online_key(heartbeats.shard_of(d.uuid)), d.pk) == heartbeats.to_us(
+        back + DEFAULT_WINDOW
+    )
 
 
 # --- Redis: faults ---------------------------------------------------------------------------
@@ -505,7 +515,7 @@ def test_redis_restarted_empty_marks_nobody_offline_and_converges(make_device):
     assert reload(d).heartbeat_deadline == detected + DEFAULT_WINDOW
     # It converges: the live device fetches (database path once, then Redis again), the dead one expires.
     fetch(d, detected + timedelta(minutes=5))
-    assert hb.client.zscore(heartbeats.ONLINE, d.pk) is not None
+    assert hb.client.zscore(heartbeats.online_key(heartbeats.shard_of(d.uuid)), d.pk) is not None
     assert run_sweep(detected + DEFAULT_WINDOW)["expired"] == 1
     assert history(quiet)[-1] == (HB_ONLY, OFFLINE, detected + DEFAULT_WINDOW)
     assert reload(d).overall_status == HB_ONLY
@@ -531,10 +541,11 @@ def test_store_reset_during_a_sweep_stops_the_expiry(make_device):
     hb = heartbeats.store()
     d = make_device(at=T0)
     fetch(d, T0)
-    token, _ = hb.ensure_trusted(T0)
+    shard = heartbeats.shard_of(d.uuid)
+    token, _ = hb.ensure_trusted(T0, shard)
     hb.reset()  # new marker: as if Redis restarted and another sweep recovered meanwhile
     with pytest.raises(heartbeats.StoreReset):
-        services.expire_heartbeats(T0 + DEFAULT_WINDOW, claim=lambda ids: hb.claim(ids, token))
+        services.expire_heartbeats(T0 + DEFAULT_WINDOW, claim=lambda ids: hb.claim(shard, ids, token))
     assert reload(d).overall_status == HB_ONLY
 
 
@@ -623,7 +634,10 @@ def test_periodic_reconcile_repairs_frozen_drift(org, make_device):
 
 def test_beat_schedule_runs_every_task_with_expiring_messages():
     schedule = django_settings.CELERY_BEAT_SCHEDULE
-    assert schedule["sweep"]["schedule"] == django_settings.FLEETSTATUS_SWEEP_INTERVAL
+    sweeps = [e for e in schedule.values() if e["task"] == "devices.tasks.sweep_shards"]
+    assert {e["schedule"] for e in sweeps} == {django_settings.FLEETSTATUS_SWEEP_INTERVAL}
+    # Every shard is swept by exactly one of the tasks beat sends each interval.
+    assert sorted(s for e in sweeps for s in e["args"][0]) == list(range(django_settings.FLEETSTATUS_HEARTBEAT_SHARDS))
     for entry in schedule.values():
         # A message older than its interval is useless: the next one is already on its way.
         assert entry["options"]["expires"] <= entry["schedule"]

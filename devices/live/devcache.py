@@ -8,15 +8,16 @@ Everything else (no entry, an entry that does not match the key, a device not in
 or late) answers "not here", and the caller takes the database path of devices/api/views.py,
 which fills the entry afterwards.
 
-Keys (Redis, the database of REDIS_URL; names in devices.live.redis):
+Keys (the live-state Redis, devices.live.redis: each in its device's shard, `{hb:N}`, so that the
+fetch script touches one shard's keys only, next to the same shard's heartbeat keys):
 
-- `fs:dc:d:<uuid>` string, with a TTL (FLEETSTATUS_DEVICE_CACHE_TTL, ±10 %): tab-separated
+- `fs:{hb:N}:dc:d:<uuid>` string, with a TTL (FLEETSTATUS_DEVICE_CACHE_TTL, ±10 %): tab-separated
   `id, api_key_hash, fleet_id, poll_interval override or "", cloudlink override "1"/"0"/"", frozen
   "1"/"0", name` (the name last: it may hold a tab). Only active devices get one.
-- `fs:dc:fleets` hash: fleet id -> `poll_interval or "", cloudlink "1"/"0", filled at (us)`; an
+- `fs:{hb:N}:dc:fleets` hash (one copy per shard): fleet id -> `poll_interval or "", cloudlink "1"/"0", filled at (us)`; an
   entry older than the TTL counts as missing (a hash field has no TTL of its own in Redis 7.0).
-- `fs:dc:gen` hash: generation counters, `d:<first 3 hex digits of the uuid>` per bucket of
-  devices and `f` for all fleets.
+- `fs:{hb:N}:dc:gen` hash: generation counters, `d:<first 3 hex digits of the uuid>` per bucket of
+  devices and `f` for all fleets (of that shard's copy).
 
 Invalidation (devices.services calls forget_devices()/forget_fleets() wherever a cached field
 changes, and a post_delete signal does on deletion) bumps the generation and deletes the entry,
@@ -44,13 +45,17 @@ from redis.exceptions import RedisError
 
 from devices.live.heartbeats import COUNT_FETCH_LUA
 from devices.live.redis import (
-    DEVICE_PREFIX,
+    DEVICE_PATTERN,
     FLEET_GEN,
-    FLEETS,
-    GENS,
-    ONLINE,
-    SEEN,
     client_for,
+    device_key,
+    fleets_key,
+    gens_key,
+    live_url,
+    online_key,
+    seen_key,
+    shard_count,
+    shard_of,
     to_us,
     warn_unavailable,
 )
@@ -123,20 +128,38 @@ return {0, g[1] or '0', g[2] or '0'}
 """
 )
 
-# KEYS: gens, fleets. ARGV: fleet generation, ttl seconds, then groups of 6: device key,
-# generation field, device generation, entry, fleet id, fleet value. Writes an entry only if its
-# generations are still those read before the database was; returns how many were written.
+# KEYS: gens, fleets, then the device keys (all of one shard). ARGV: fleet generation, ttl seconds,
+# then per device key a group of 5: generation field, device generation, entry, fleet id, fleet
+# value. Writes an entry only if its generations are still those read before the database was;
+# returns how many were written.
 _FILL = """
 local fgen = redis.call('HGET', KEYS[1], 'f') or '0'
 local written = 0
-for i = 3, #ARGV, 6 do
-  if (redis.call('HGET', KEYS[1], ARGV[i + 1]) or '0') == ARGV[i + 2] then
-    redis.call('SET', ARGV[i], ARGV[i + 3], 'EX', ARGV[2])
-    if fgen == ARGV[1] then redis.call('HSET', KEYS[2], ARGV[i + 4], ARGV[i + 5]) end
+for k = 3, #KEYS do
+  local i = 3 + (k - 3) * 5
+  if (redis.call('HGET', KEYS[1], ARGV[i]) or '0') == ARGV[i + 1] then
+    redis.call('SET', KEYS[k], ARGV[i + 2], 'EX', ARGV[2])
+    if fgen == ARGV[1] then redis.call('HSET', KEYS[2], ARGV[i + 3], ARGV[i + 4]) end
     written = written + 1
   end
 end
 return written
+"""
+
+# KEYS: gens, fleets, then device keys (all of one shard). ARGV: n, n fleet ids, then the
+# generation field of each device key. Generation first, in the same atomic step as the delete:
+# a fill is refused from here on.
+_INVALIDATE = """
+local n = tonumber(ARGV[1])
+for k = 3, #KEYS do
+  redis.call('HINCRBY', KEYS[1], ARGV[n + k - 1], 1)
+  redis.call('DEL', KEYS[k])
+end
+if n > 0 then
+  redis.call('HINCRBY', KEYS[1], 'f', 1)
+  redis.call('HDEL', KEYS[2], unpack(ARGV, 2, n + 1))
+end
+return 1
 """
 
 
@@ -169,10 +192,6 @@ class Lookup:
         return effective_cloudlink(self.cloudlink, self.fleet_cloudlink)
 
 
-def device_key(uuid: str) -> str:
-    return DEVICE_PREFIX + uuid
-
-
 def generation_field(uuid: str) -> str:
     return "d:" + uuid[:3]
 
@@ -182,7 +201,7 @@ def ttl() -> int:
 
 
 def enabled() -> bool:
-    return bool(settings.REDIS_URL) and ttl() > 0
+    return bool(live_url()) and ttl() > 0
 
 
 class _Scripts:
@@ -190,6 +209,7 @@ class _Scripts:
         self.client = client
         self.lookup = client.register_script(_LOOKUP_AND_FETCH)
         self.fill = client.register_script(_FILL)
+        self.invalidate = client.register_script(_INVALIDATE)
 
 
 @lru_cache(maxsize=8)
@@ -198,7 +218,7 @@ def _scripts_for(url: str) -> _Scripts:
 
 
 def _scripts() -> _Scripts:
-    return _scripts_for(settings.REDIS_URL)
+    return _scripts_for(live_url())
 
 
 def _window_factor() -> int:
@@ -216,8 +236,9 @@ def lookup_and_fetch(uuid: str, key_hash: str, at: datetime) -> Lookup:
     Raises RedisError when Redis is unreachable (the caller takes the database path).
     """
     scripts = _scripts()
+    shard = shard_of(uuid)
     raw = scripts.lookup(
-        keys=[device_key(uuid), FLEETS, GENS, SEEN, ONLINE],
+        keys=[device_key(uuid), fleets_key(shard), gens_key(shard), seen_key(shard), online_key(shard)],
         args=[
             key_hash,
             to_us(at),
@@ -275,7 +296,6 @@ def _fleet_value(poll_interval: int | None, cloudlink: bool, filled_us: int) -> 
 def _fill_args(device: Device, generations: Generations, filled_us: int, tag: str) -> list[str]:
     fleet = device.fleet
     return [
-        device_key(device.uuid),
         tag,
         generations.device,
         _entry(device),
@@ -298,8 +318,9 @@ def fill(device: Device, generations: Generations | None, now: datetime) -> bool
     if generations is None or not enabled() or not device.is_active:
         return False
     try:
+        shard = shard_of(device.uuid)
         written = _scripts().fill(
-            keys=[GENS, FLEETS],
+            keys=[gens_key(shard), fleets_key(shard), device_key(device.uuid)],
             args=[
                 generations.fleet,
                 _jittered_ttl(),
@@ -316,13 +337,15 @@ def prime(queryset, now: datetime, *, batch_size: int = FILL_BATCH) -> int:
     """Fill the cache for every active device of queryset (bulk: after a deploy, a Redis restart, the bench).
 
     The generations are read once before the rows, so a change committed meanwhile refuses the
-    entries it concerns exactly as it refuses a single fill. Returns the entries written.
+    entries it concerns exactly as it refuses a single fill. Works shard by shard (one script call
+    per shard and batch). Returns the entries written.
     """
     if not enabled():
         return 0
     scripts = _scripts()
-    gens = {k.decode(): v.decode() for k, v in scripts.client.hgetall(GENS).items()}
-    fleet_gen = gens.get(FLEET_GEN, "0")
+    gens = [
+        {k.decode(): v.decode() for k, v in scripts.client.hgetall(gens_key(s)).items()} for s in range(shard_count())
+    ]
     filled_us = to_us(now)
     rows = (
         queryset.filter(is_active=True)
@@ -341,28 +364,32 @@ def prime(queryset, now: datetime, *, batch_size: int = FILL_BATCH) -> int:
         )
     )
     fleet_values: dict[int, str] = {}
+    pending: dict[int, tuple[list[str], list[str]]] = {}
     written = 0
-    args: list[str] = []
+
+    def send(shard: int) -> int:
+        keys, args = pending.pop(shard)
+        return scripts.fill(
+            keys=[gens_key(shard), fleets_key(shard), *keys],
+            args=[gens[shard].get(FLEET_GEN, "0"), _jittered_ttl(), *args],
+        )
+
     for pk, uuid, key_hash, fleet_id, poll, cloud, frozen, name, f_poll, f_cloud in rows.iterator(
         chunk_size=batch_size
     ):
         fleet_value = fleet_values.get(fleet_id)
         if fleet_value is None:
             fleet_value = fleet_values[fleet_id] = _fleet_value(f_poll, f_cloud, filled_us)
+        shard = shard_of(uuid)
         tag = generation_field(uuid)
-        args += [
-            device_key(uuid),
-            tag,
-            gens.get(tag, "0"),
-            _entry_of(pk, key_hash, fleet_id, poll, cloud, frozen, name),
-            str(fleet_id),
-            fleet_value,
-        ]
-        if len(args) >= 6 * batch_size:
-            written += scripts.fill(keys=[GENS, FLEETS], args=[fleet_gen, _jittered_ttl(), *args])
-            args = []
-    if args:
-        written += scripts.fill(keys=[GENS, FLEETS], args=[fleet_gen, _jittered_ttl(), *args])
+        keys, args = pending.setdefault(shard, ([], []))
+        keys.append(device_key(uuid))
+        args += [tag, gens[shard].get(tag, "0"), _entry_of(pk, key_hash, fleet_id, poll, cloud, frozen, name)]
+        args += [str(fleet_id), fleet_value]
+        if len(keys) >= batch_size:
+            written += send(shard)
+    for shard in list(pending):
+        written += send(shard)
     return written
 
 
@@ -370,19 +397,25 @@ def prime(queryset, now: datetime, *, batch_size: int = FILL_BATCH) -> int:
 
 
 def _invalidate(uuids: Sequence[str], fleet_ids: Sequence[int]) -> None:
-    client = _scripts().client
-    for start in range(0, max(len(uuids), 1), INVALIDATE_BATCH):
-        chunk = uuids[start : start + INVALIDATE_BATCH]
-        pipe = client.pipeline(transaction=True)
-        # Generation first, in one MULTI with the delete: a fill is refused from here on.
-        for uuid in chunk:
-            pipe.hincrby(GENS, generation_field(uuid), 1)
-        if chunk:
-            pipe.delete(*(device_key(u) for u in chunk))
-        if fleet_ids and start == 0:
-            pipe.hincrby(GENS, FLEET_GEN, 1)
-            pipe.hdel(FLEETS, *(str(pk) for pk in fleet_ids))
-        pipe.execute()
+    scripts = _scripts()
+    by_shard: dict[int, list[str]] = {}
+    for uuid in uuids:
+        by_shard.setdefault(shard_of(uuid), []).append(uuid)
+    fleets = [str(pk) for pk in fleet_ids]
+    for shard in range(shard_count()):
+        # Every shard holds its own copy of a fleet's entry; device entries live in one shard.
+        chunks = [
+            by_shard.get(shard, [])[start : start + INVALIDATE_BATCH]
+            for start in range(0, len(by_shard.get(shard, [])), INVALIDATE_BATCH)
+        ]
+        if not chunks and not fleets:
+            continue
+        for i, chunk in enumerate(chunks or [[]]):
+            with_fleets = fleets if i == 0 else []
+            scripts.invalidate(
+                keys=[gens_key(shard), fleets_key(shard), *(device_key(u) for u in chunk)],
+                args=[len(with_fleets), *with_fleets, *(generation_field(u) for u in chunk)],
+            )
 
 
 def _invalidate_logged(uuids: Sequence[str], fleet_ids: Sequence[int]) -> None:
@@ -425,10 +458,11 @@ def touches(changes: Iterable[str], fields: frozenset[str] = DEVICE_FIELDS) -> b
 def reset() -> None:
     """Drop every entry (tests; after restoring a database backup). Generations keep counting."""
     client = _scripts().client
-    keys = list(client.scan_iter(match=DEVICE_PREFIX + "*", count=10_000))
+    keys = list(client.scan_iter(match=DEVICE_PATTERN, count=10_000))
     pipe = client.pipeline(transaction=False)
-    pipe.hincrby(GENS, FLEET_GEN, 1)
-    for start in range(0, len(keys), 10_000):
-        pipe.unlink(*keys[start : start + 10_000])
-    pipe.unlink(FLEETS)
+    for shard in range(shard_count()):
+        pipe.hincrby(gens_key(shard), FLEET_GEN, 1)
+        pipe.unlink(fleets_key(shard))
+    for key in keys:
+        pipe.unlink(key)
     pipe.execute()

@@ -2,19 +2,21 @@
 
 The device API calls `record_fetch()` for every counted fetch.
 
-Without Redis (no REDIS_URL) a fetch is the database side's record_heartbeat: one conditional
-UPDATE for a device whose heartbeat is online, a locked change with its transition otherwise.
+Without Redis (no live-state Redis, devices.live.redis.live_url) a fetch is the database side's
+record_heartbeat: one conditional UPDATE for a device whose heartbeat is online, a locked change
+with its transition otherwise.
 
 With Redis, a steady-state fetch writes nothing to the database (docs/design.md, Staleness; the way
-open-balena-api keeps heartbeats in Redis). Three keys, all integers in microseconds since the epoch:
+open-balena-api keeps heartbeats in Redis). Three keys per shard (devices.live.redis: a device's
+shard comes from its UUID, `{hb:N}` is the shard's hash tag), all integers in microseconds since the epoch:
 
-- `fs:hb:online` sorted set: device id -> heartbeat deadline, for devices whose heartbeat is online
+- `fs:{hb:N}:online` sorted set: device id -> heartbeat deadline, for devices whose heartbeat is online
   *in the database*. Only the database path adds a member (after its commit), only the sweep
   removes one (before committing the expiry), so membership never claims more than the database
   has: a member is online there (until the write-back heals an exception, see write_back()).
-- `fs:hb:seen` hash: device id -> latest fetch the database does not have yet. The sweep writes
+- `fs:{hb:N}:seen` hash: device id -> latest fetch the database does not have yet. The sweep writes
   these back in bulk and deletes an entry only if it still holds the value written.
-- `fs:hb:epoch` marker: a token while the store is trusted, "pending:<token>" while the sweep
+- `fs:{hb:N}:epoch` marker: a token while the store is trusted, "pending:<token>" while the sweep
   recovers from data loss. A Redis that restarted empty has no marker, and the next sweep knows
   the fetches in `seen` were lost (see ensure_trusted()).
 
@@ -43,7 +45,19 @@ from django.db import transaction
 from django.utils import timezone
 from redis.exceptions import RedisError, ResponseError
 
-from devices.live.redis import EPOCH, ONLINE, PENDING, SEEN, client, from_us, to_us, warn_unavailable
+from devices.live.redis import (
+    PENDING,
+    client,
+    epoch_key,
+    from_us,
+    online_key,
+    seen_key,
+    shard_count,
+    shard_of,
+    to_us,
+    uuid_range,
+    warn_unavailable,
+)
 from devices.models import Device, heartbeat_window
 
 logger = logging.getLogger(__name__)
@@ -81,7 +95,7 @@ class HeartbeatDatabase(Protocol):
 
     def write_back_heartbeats(self, fetches: Mapping[int, datetime]) -> WriteBack: ...
 
-    def extend_heartbeat_deadlines(self, at: datetime) -> int: ...
+    def extend_heartbeat_deadlines(self, at: datetime, *, uuids: tuple[str, str | None] | None = None) -> int: ...
 
 
 _database: HeartbeatDatabase | None = None
@@ -183,7 +197,13 @@ class FetchOutcome:
     trusted: bool
 
 
+def _keys(shard: int) -> list[str]:
+    return [seen_key(shard), online_key(shard), epoch_key(shard)]
+
+
 class HeartbeatStore:
+    """The store, shard by shard: every script gets the keys of one shard (one slot of a cluster)."""
+
     def __init__(self, client: redis.Redis) -> None:
         self.client = client
         self._fetch = client.register_script(_FETCH)
@@ -193,23 +213,37 @@ class HeartbeatStore:
 
     # --- web processes ---------------------------------------------------------------------
 
-    def fetch(self, device_id: int, at: datetime, deadline: datetime) -> FetchOutcome:
-        outcome, prev, trusted = self._fetch(keys=[SEEN, ONLINE, EPOCH], args=[device_id, to_us(at), to_us(deadline)])
+    def fetch(self, device_id: int, device_uuid: str, at: datetime, deadline: datetime) -> FetchOutcome:
+        outcome, prev, trusted = self._fetch(
+            keys=_keys(shard_of(device_uuid)), args=[device_id, to_us(at), to_us(deadline)]
+        )
         return FetchOutcome(counted=outcome == 1, unflushed=from_us(prev) if prev else None, trusted=trusted == 1)
 
-    def mark_online(self, device_id: int, deadline: datetime) -> None:
-        self.client.zadd(ONLINE, {str(device_id): to_us(deadline)})
+    def mark_online(self, device_id: int, device_uuid: str, deadline: datetime) -> None:
+        self.client.zadd(online_key(shard_of(device_uuid)), {str(device_id): to_us(deadline)})
 
-    def mark_online_many(self, deadlines: dict[int, datetime], batch_size: int = 10_000) -> None:
-        """mark_online for many devices whose heartbeat is online in the database (pipelined batches)."""
-        items = list(deadlines.items())
-        for start in range(0, len(items), batch_size):
-            self.client.zadd(ONLINE, {str(pk): to_us(deadline) for pk, deadline in items[start : start + batch_size]})
+    def mark_online_many(self, deadlines: Mapping[tuple[int, str], datetime], batch_size: int = 10_000) -> None:
+        """mark_online for many (id, uuid) whose heartbeat is online in the database (batches per shard)."""
+        by_shard: dict[int, list[tuple[int, datetime]]] = {}
+        for (pk, device_uuid), deadline in deadlines.items():
+            by_shard.setdefault(shard_of(device_uuid), []).append((pk, deadline))
+        for shard, items in by_shard.items():
+            for start in range(0, len(items), batch_size):
+                chunk = items[start : start + batch_size]
+                self.client.zadd(online_key(shard), {str(pk): to_us(deadline) for pk, deadline in chunk})
+
+    def online_deadline(self, device_id: int, device_uuid: str) -> datetime | None:
+        score = self.client.zscore(online_key(shard_of(device_uuid)), device_id)
+        return None if score is None else from_us(int(score))
+
+    def unflushed(self, device_id: int, device_uuid: str) -> datetime | None:
+        raw = self.client.hget(seen_key(shard_of(device_uuid)), device_id)
+        return None if raw is None else from_us(raw)
 
     # --- the sweep --------------------------------------------------------------------------
 
-    def ensure_trusted(self, now: datetime) -> tuple[str, int | None]:
-        """The store's token; recovers first if Redis lost its data. Returns (token, rows moved or None).
+    def ensure_trusted(self, now: datetime, shard: int) -> tuple[str, int | None]:
+        """The shard's token; recovers first if Redis lost its data. Returns (token, rows moved or None).
 
         No marker means Redis restarted empty (or this is its first use): fetches it held for
         write-back are gone, so database deadlines may be too early. Every online deadline is
@@ -218,21 +252,22 @@ class HeartbeatStore:
         half-way leaves it pending for the next sweep to redo (extending is idempotent). If
         Redis restarts again meanwhile the marker is gone and claim() refuses the old token.
         """
-        marker = self.client.get(EPOCH)
+        epoch = epoch_key(shard)
+        marker = self.client.get(epoch)
         if marker is not None and not marker.startswith(PENDING.encode()):
             return marker.decode(), None
         if marker is None:
-            self.client.set(EPOCH, PENDING + uuid.uuid4().hex, nx=True)
-            marker = self.client.get(EPOCH)
+            self.client.set(epoch, PENDING + uuid.uuid4().hex, nx=True)
+            marker = self.client.get(epoch)
             if marker is None:
                 raise StoreReset("heartbeat store marker vanished during recovery")
             if not marker.startswith(PENDING.encode()):
                 return marker.decode(), None  # another sweep finished recovering meanwhile
         pending = marker.decode()
-        moved = database().extend_heartbeat_deadlines(now)
+        moved = database().extend_heartbeat_deadlines(now, uuids=uuid_range(shard))
         token = pending.removeprefix(PENDING)
-        self._promote(keys=[EPOCH], args=[pending, token])
-        if self.client.get(EPOCH) != token.encode():
+        self._promote(keys=[epoch], args=[pending, token])
+        if self.client.get(epoch) != token.encode():
             raise StoreReset("heartbeat store changed during recovery")
         logger.warning(
             "heartbeat store had no trusted marker (first use, or Redis lost its data): "
@@ -242,24 +277,26 @@ class HeartbeatStore:
         )
         return token, moved
 
-    def write_back(self, batch_size: int = WRITE_BACK_BATCH) -> int:
-        """Fold `seen` into the database in batches; returns rows updated.
+    def write_back(self, shard: int | None = None, batch_size: int = WRITE_BACK_BATCH) -> int:
+        """Fold the shard's `seen` (None: every shard's, one by one) into the database in batches; returns rows updated.
 
         HSCAN returns every entry present for the whole scan at least once; one that arrives
         during it is either returned or left for the next sweep, and a duplicate is harmless
         (forward-only update, compare-and-delete).
         """
+        if shard is None:
+            return sum(self.write_back(s, batch_size) for s in range(shard_count()))
         written = 0
         cursor = 0
         while True:
-            cursor, entries = self.client.hscan(SEEN, cursor, count=batch_size)
+            cursor, entries = self.client.hscan(seen_key(shard), cursor, count=batch_size)
             items = list(entries.items())
             for start in range(0, len(items), batch_size):
-                written += self._write_back_batch(items[start : start + batch_size])
+                written += self._write_back_batch(shard, items[start : start + batch_size])
             if cursor == 0:
                 return written
 
-    def _write_back_batch(self, items: list[tuple[bytes, bytes]]) -> int:
+    def _write_back_batch(self, shard: int, items: list[tuple[bytes, bytes]]) -> int:
         fetches: dict[int, datetime] = {}
         for raw_id, raw_at in items:
             try:
@@ -277,29 +314,36 @@ class HeartbeatStore:
         args: list[bytes | str | int] = [len(settled)]
         for raw_id, raw_at in settled:
             args += [raw_id, raw_at]
-        self._written_back(keys=[SEEN, ONLINE], args=[*args, *stale_members])
+        self._written_back(keys=[seen_key(shard), online_key(shard)], args=[*args, *stale_members])
         return result.updated
 
-    def claim(self, ids: list[int], token: str) -> list[int]:
-        """Of a locked batch of due rows, the ids with no pending fetch, removed from the set.
+    def claim(self, shard: int, ids: list[int], token: str) -> list[int]:
+        """Of a locked batch of the shard's due rows, the ids with no pending fetch, removed from the set.
 
         Raises StoreReset when the marker no longer holds `token` (Redis lost its data since the
         sweep started): expiring on data that is gone would mark live devices Offline.
         """
         try:
-            claimed = self._claim(keys=[SEEN, ONLINE, EPOCH], args=[token, *ids])
+            claimed = self._claim(keys=_keys(shard), args=[token, *ids])
         except ResponseError as exc:
             if "FSRESET" in str(exc):
                 raise StoreReset(str(exc)) from exc
             raise
         return [int(pk) for pk in claimed]
 
+    def pending_count(self) -> int:
+        """Fetches waiting for write-back, over every shard."""
+        return sum(self.client.hlen(seen_key(s)) for s in range(shard_count()))
+
     def reset(self) -> None:
         """Empty and trusted (a fresh installation whose database has no unflushed fetches; tests)."""
-        pipe = self.client.pipeline()
-        # UNLINK frees in the background: a DEL of a million-member set outlasts SOCKET_TIMEOUT.
-        pipe.unlink(SEEN, ONLINE)
-        pipe.set(EPOCH, uuid.uuid4().hex)
+        pipe = self.client.pipeline(transaction=False)
+        for shard in range(shard_count()):
+            # UNLINK frees in the background: a DEL of a million-member set outlasts SOCKET_TIMEOUT.
+            # One key per command: a cluster pipeline does not split a multi-key UNLINK by slot.
+            pipe.unlink(seen_key(shard))
+            pipe.unlink(online_key(shard))
+            pipe.set(epoch_key(shard), uuid.uuid4().hex)
         pipe.execute()
 
 
@@ -311,7 +355,7 @@ def _parse_id(raw: bytes) -> int | None:
 
 
 def store() -> HeartbeatStore | None:
-    """The live heartbeat store, or None when the database holds heartbeats (no REDIS_URL)."""
+    """The live heartbeat store, or None when the database holds heartbeats (no live-state Redis)."""
     redis_client = client()
     return None if redis_client is None else _store_for(redis_client)
 
@@ -337,7 +381,7 @@ def record_fetch(device: Device, *, at: datetime | None = None, store_failed: bo
     try:
         if store_failed:
             raise RedisError("the store failed earlier in this request")
-        outcome = hb.fetch(device.pk, at, at + window)
+        outcome = hb.fetch(device.pk, device.uuid, at, at + window)
     except RedisError as exc:
         warn_unavailable(exc)
         # Fetches Redis held for write-back are out of reach: a deadline that looks passed may
@@ -349,14 +393,14 @@ def record_fetch(device: Device, *, at: datetime | None = None, store_failed: bo
         device.heartbeat_deadline = at + window
         return device
     device = database().record_heartbeat(device, at=at, detect_gap=outcome.trusted, unflushed_fetch=outcome.unflushed)
-    device_id, deadline = device.pk, device.heartbeat_deadline
+    device_id, device_uuid, deadline = device.pk, device.uuid, device.heartbeat_deadline
 
     def join() -> None:
         # After commit only: a member must be online in the database. If this lands after the
         # sweep expired the device (a very slow process), its deadline is already past, so the
         # next fetch is "late" and goes back to the database, which knows it is offline.
         try:
-            hb.mark_online(device_id, deadline)
+            hb.mark_online(device_id, device_uuid, deadline)
         except RedisError as exc:
             warn_unavailable(exc)
 

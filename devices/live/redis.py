@@ -1,6 +1,12 @@
-"""What the heartbeat store and the device cache share: the connection, key names, time encoding, warnings.
+"""What the heartbeat store and the device cache share: the connection, shards, key names, time, warnings.
 
 Every value kept in Redis that is a moment is an integer in microseconds since the epoch (to_us).
+
+The live state is split into FLEETSTATUS_HEARTBEAT_SHARDS shards. A device's shard is a range of
+its UUID's first four hex digits (UUIDs are random, so the prefix is already a uniform hash, and a
+range is a plain string comparison in SQL, so the sweep of one shard reads only its due rows).
+Every key carries its shard's hash tag (`fs:{hb:7}:online`): a Redis Cluster keeps one shard in one
+slot, so each Lua script, which touches the keys of one shard only, runs on one node.
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ from functools import lru_cache
 
 import redis
 from django.conf import settings
+from redis.cluster import ClusterNode, RedisCluster
 
 logger = logging.getLogger(__name__)
 
@@ -22,16 +29,11 @@ SOCKET_TIMEOUT = 1.0
 # At most one "Redis unavailable" warning per process in this many seconds (fetches are many).
 WARN_EVERY = 30.0
 
-# The heartbeat store (devices.live.heartbeats).
-SEEN = "fs:hb:seen"
-ONLINE = "fs:hb:online"
-EPOCH = "fs:hb:epoch"
+# A live-state URL in this scheme names a Redis Cluster by some of its nodes (host:port,host:port...).
+CLUSTER_SCHEME = "redis+cluster://"
+# Hex digits of the UUID that place a device in a shard (at most 16 ** PREFIX shards).
+PREFIX = 4
 PENDING = "pending:"
-
-# The device cache (devices.live.devcache).
-DEVICE_PREFIX = "fs:dc:d:"
-FLEETS = "fs:dc:fleets"
-GENS = "fs:dc:gen"
 FLEET_GEN = "f"
 
 _EPOCH_START = datetime(1970, 1, 1, tzinfo=UTC)
@@ -47,17 +49,85 @@ def from_us(value: int | str | bytes) -> datetime:
     return _EPOCH_START + timedelta(microseconds=int(value))
 
 
+# --- Shards and key names ---------------------------------------------------------------------
+
+
+def shard_count() -> int:
+    return int(getattr(settings, "FLEETSTATUS_HEARTBEAT_SHARDS", 16))
+
+
+def shard_of(uuid: str) -> int:
+    """The shard of a device: where its UUID's first hex digits fall among shard_count() equal ranges."""
+    return int(uuid[:PREFIX], 16) * shard_count() // 16**PREFIX
+
+
+def uuid_range(shard: int) -> tuple[str, str | None]:
+    """(lowest prefix, first prefix of the next shard or None): the shard is lowest <= uuid < next."""
+
+    def start(s: int) -> str:
+        return f"{-(-s * 16**PREFIX // shard_count()):0{PREFIX}x}"
+
+    return start(shard), (start(shard + 1) if shard + 1 < shard_count() else None)
+
+
+def _tag(shard: int) -> str:
+    return f"fs:{{hb:{shard}}}:"
+
+
+# The heartbeat store (devices.live.heartbeats).
+def seen_key(shard: int) -> str:
+    return _tag(shard) + "seen"
+
+
+def online_key(shard: int) -> str:
+    return _tag(shard) + "online"
+
+
+def epoch_key(shard: int) -> str:
+    return _tag(shard) + "epoch"
+
+
+# The device cache (devices.live.devcache).
+def device_key(uuid: str) -> str:
+    return _tag(shard_of(uuid)) + "dc:d:" + uuid
+
+
+DEVICE_PATTERN = "fs:{hb:*}:dc:d:*"
+
+
+def fleets_key(shard: int) -> str:
+    return _tag(shard) + "dc:fleets"
+
+
+def gens_key(shard: int) -> str:
+    return _tag(shard) + "dc:gen"
+
+
+# --- The connection --------------------------------------------------------------------------
+
+
+def live_url() -> str:
+    """The Redis of the live state: FLEETSTATUS_LIVE_REDIS_URL, else REDIS_URL ("" = no Redis)."""
+    return getattr(settings, "FLEETSTATUS_LIVE_REDIS_URL", "") or settings.REDIS_URL
+
+
 @lru_cache(maxsize=8)
-def client_for(url: str) -> redis.Redis:
+def client_for(url: str) -> redis.Redis | RedisCluster:
     """One pool per process and URL; redis-py resets it in a forked child (Celery prefork workers)."""
-    return redis.Redis.from_url(
-        url, socket_connect_timeout=CONNECT_TIMEOUT, socket_timeout=SOCKET_TIMEOUT, health_check_interval=30
-    )
+    options = {"socket_connect_timeout": CONNECT_TIMEOUT, "socket_timeout": SOCKET_TIMEOUT}
+    if url.startswith(CLUSTER_SCHEME):
+        nodes = []
+        for address in url.removeprefix(CLUSTER_SCHEME).split("/")[0].split(","):
+            host, _, port = address.strip().rpartition(":")
+            nodes.append(ClusterNode(host.strip("[]"), int(port)))
+        return RedisCluster(startup_nodes=nodes, **options)
+    return redis.Redis.from_url(url, health_check_interval=30, **options)
 
 
-def client() -> redis.Redis | None:
-    """The client of REDIS_URL, or None when the installation runs without Redis."""
-    return client_for(settings.REDIS_URL) if settings.REDIS_URL else None
+def client() -> redis.Redis | RedisCluster | None:
+    """The client of the live state, or None when the installation runs without Redis."""
+    url = live_url()
+    return client_for(url) if url else None
 
 
 _last_warning = 0.0

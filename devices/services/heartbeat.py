@@ -122,19 +122,30 @@ def write_back_heartbeats(fetches: Mapping[int, datetime]) -> WriteBack:
     return result
 
 
-def extend_heartbeat_deadlines(at: datetime, *, batch_size: int = BATCH_SIZE) -> int:
+def in_uuid_range(queryset, uuids: tuple[str, str | None] | None):
+    """The devices of one shard of the live state (devices.live.redis.uuid_range), or all for None."""
+    if uuids is None:
+        return queryset
+    lowest, following = uuids
+    queryset = queryset.filter(uuid__gte=lowest)
+    return queryset if following is None else queryset.filter(uuid__lt=following)
+
+
+def extend_heartbeat_deadlines(
+    at: datetime, *, batch_size: int = BATCH_SIZE, uuids: tuple[str, str | None] | None = None
+) -> int:
     """Give every online heartbeat at least its full window from `at`; never shortens a deadline.
 
     For when the Redis store lost its data: the fetches it had not written back are gone, so a
     device whose database deadline has passed may well have fetched since. Noticing a dead device
     one window late is better than marking a live one Offline. Walks online devices in id batches
-    (short transactions, a few UPDATEs each). Returns the rows moved.
+    (short transactions, a few UPDATEs each); `uuids`: only one shard's devices. Returns the rows moved.
     """
     moved = 0
     last_pk = 0
     while True:
         rows = list(
-            Device.objects.filter(api_heartbeat_state=HeartbeatState.ONLINE, pk__gt=last_pk)
+            in_uuid_range(Device.objects.filter(api_heartbeat_state=HeartbeatState.ONLINE, pk__gt=last_pk), uuids)
             .order_by("pk")
             .values_list("pk", "poll_interval", "fleet__poll_interval")[:batch_size]
         )
@@ -162,6 +173,7 @@ def expire_heartbeats(
     *,
     batch_size: int = BATCH_SIZE,
     claim: Callable[[list[int]], Collection[int]] | None = None,
+    uuids: tuple[str, str | None] | None = None,
 ) -> int:
     """Turn every heartbeat whose deadline has passed offline, stamping each transition at its deadline.
 
@@ -173,7 +185,8 @@ def expire_heartbeats(
 
     `claim` (the Redis heartbeat store) gets the ids of each locked batch and returns those that may
     expire (the others fetched since the database last heard of it); it runs while the rows are
-    locked, so nothing can reach the database between its answer and our commit. Returns the
+    locked, so nothing can reach the database between its answer and our commit. `uuids`: only the
+    devices of one shard of the live state (devices.live.redis.uuid_range). Returns the
     transitions written.
     """
     now = now or timezone.now()
@@ -181,7 +194,9 @@ def expire_heartbeats(
     after: tuple[datetime, int] | None = None
     while True:
         with transaction.atomic():
-            due = Device.objects.filter(api_heartbeat_state=HeartbeatState.ONLINE, heartbeat_deadline__lte=now)
+            due = in_uuid_range(
+                Device.objects.filter(api_heartbeat_state=HeartbeatState.ONLINE, heartbeat_deadline__lte=now), uuids
+            )
             if after is not None:
                 due = due.filter(Q(heartbeat_deadline__gt=after[0]) | Q(heartbeat_deadline=after[0], pk__gt=after[1]))
             # Plain values, only what the rule and the stamp need (no models), locked in the

@@ -332,7 +332,7 @@ class AppStack:
         )
         wait_until(lambda: "ready." in self.log(name), timeout=60, what=f"celery {name}")
 
-    def start_beat(self, name: str = "beat") -> None:
+    def start_beat(self, name: str = "beat", *extra: str) -> None:
         # Each beat keeps its schedule file in its own directory, as two machines would.
         var = self.dir / f"{name}-var"
         var.mkdir(exist_ok=True)
@@ -347,6 +347,7 @@ class AppStack:
                 "INFO",
                 "--schedule",
                 str(var / "celerybeat-schedule"),
+                *extra,
             ],
             env={"FLEETSTATUS_VAR_DIR": str(var)},
         )
