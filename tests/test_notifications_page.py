@@ -3,6 +3,7 @@ Device Summary and the Fleets page."""
 
 from __future__ import annotations
 
+import re
 from datetime import timedelta
 
 import pytest
@@ -194,6 +195,19 @@ def test_mute_a_fleet_from_the_fleets_page(owner_client, fleet):
     assert owner_client.post(f"/notifications/mute/fleet/{fleet.pk}/", {"hours": "2"}).status_code == 302
     assert Mute.objects.get().fleet == fleet
     assert "is muted until" in owner_client.get("/fleets/").content.decode()
+
+
+def test_the_fleets_page_offers_mute_forms_only_for_the_fleets_it_shows(owner_client, org, make_fleet):
+    from fleets.views import FLEETS_PER_PAGE
+
+    for i in range(FLEETS_PER_PAGE + 5):
+        make_fleet(org, f"site-{i:03d}")
+    first = owner_client.get("/fleets/").content.decode()
+    second = owner_client.get("/fleets/?page=2").content.decode()
+    forms = re.findall(r'action="/notifications/mute/fleet/(\d+)/"', first)
+    assert len(forms) == FLEETS_PER_PAGE
+    assert len(re.findall(r'action="/notifications/mute/fleet/(\d+)/"', second)) == 5
+    assert not set(forms) & set(re.findall(r'action="/notifications/mute/fleet/(\d+)/"', second))
 
 
 def test_device_summary_shows_what_each_channel_did(owner_client, org, make_device, settings):

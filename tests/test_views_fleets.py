@@ -135,7 +135,7 @@ def test_htmx_poll_renders_the_fragment_only(owner_client, make_device):
     assert "<html" not in body and '<header class="topbar"' not in body
 
 
-FLEETS_QUERIES = 8  # session, user, memberships, fleets, kept counts by fleet and status, dead-man's switch; notifications: owned fleets, fleet mutes
+FLEETS_QUERIES = 7  # session, user, memberships, fleets, kept counts by fleet and status, dead-man's switch; notifications: fleet mutes
 
 
 def _queries(client) -> int:

@@ -8,7 +8,6 @@ from django.db.models import Q
 from django.utils import timezone
 
 from devices.queries import owned_organizations
-from fleets.models import Fleet
 from notifications.forms import MuteForm
 from notifications.models import Delivery, Mute, PendingChange, Result
 
@@ -53,11 +52,18 @@ def device_notifications(context, device, history) -> dict:
 
 @register.inclusion_tag("notifications/fleet_mutes.html", takes_context=True)
 def fleet_mutes(context) -> dict:
+    """Mute forms for the owned fleets this page of the Fleets page shows (at most a page of them,
+    whatever the organization's size), and the owned fleets' current mutes."""
     request = context.get("request")
     if request is None or not request.user.is_authenticated:
         return {"fleets": []}
     owned = [o.pk for o in owned_organizations(request)]
-    fleets = list(Fleet.objects.filter(organization_id__in=owned).order_by("name", "pk").only("pk", "name"))
+    fleets = [
+        card["fleet"]
+        for section in context.get("sections", ())
+        if section["org"].pk in owned
+        for card in section["fleets"]
+    ]
     now = timezone.now()
     mutes = list(
         Mute.objects.filter(fleet__isnull=False, organization_id__in=owned, starts_at__lte=now, until__gt=now)
