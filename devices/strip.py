@@ -19,7 +19,9 @@ WINDOWS: tuple[tuple[str, str, timedelta], ...] = (
     ("24h", "24 hours", timedelta(hours=24)),
     ("7d", "7 days", timedelta(days=7)),
 )
-MAX_TRANSITIONS = 2000
+# A strip is at most a few hundred pixels of segments: beyond this many changes in 7 days the older
+# ones merge into "several changes" anyway, so they are not read.
+MAX_TRANSITIONS = 500
 # Segments narrower than this share of the strip (in %) are drawn as one "several changes" segment:
 # a strip of hundreds of slivers can be neither seen nor tabbed through.
 MIN_PERCENT = 0.5

@@ -210,6 +210,15 @@ def test_the_fleets_page_offers_mute_forms_only_for_the_fleets_it_shows(owner_cl
     assert not set(forms) & set(re.findall(r'action="/notifications/mute/fleet/(\d+)/"', second))
 
 
+def test_members_see_fleet_mutes_but_only_owners_end_them(owner_client, member_client, fleet):
+    assert owner_client.post(f"/notifications/mute/fleet/{fleet.pk}/", {"hours": "2"}).status_code == 302
+    mute = Mute.objects.get()
+    member_page = member_client.get("/fleets/").content.decode()
+    assert "is muted until" in member_page
+    assert f"/notifications/mute/{mute.pk}/end/" not in member_page
+    assert f"/notifications/mute/{mute.pk}/end/" in owner_client.get("/fleets/").content.decode()
+
+
 def test_device_summary_shows_what_each_channel_did(owner_client, org, make_device, settings):
     settings.FLEETSTATUS_WEBHOOK_ALLOW_PRIVATE = True
     Channel.objects.create(organization=org, name="pager", url="https://hooks.example.com/x", hold_seconds=60)

@@ -7,7 +7,7 @@ from django import template
 from django.db.models import Q
 from django.utils import timezone
 
-from devices.queries import owned_organizations
+from devices.queries import owned_organizations, user_organizations
 from notifications.forms import MuteForm
 from notifications.models import Delivery, Mute, PendingChange, Result
 
@@ -53,7 +53,8 @@ def device_notifications(context, device, history) -> dict:
 @register.inclusion_tag("notifications/fleet_mutes.html", takes_context=True)
 def fleet_mutes(context) -> dict:
     """Mute forms for the owned fleets this page of the Fleets page shows (at most a page of them,
-    whatever the organization's size), and the owned fleets' current mutes."""
+    whatever the organization's size), and the current fleet mutes of every organization of the user
+    (members see them too; only owners may end one)."""
     request = context.get("request")
     if request is None or not request.user.is_authenticated:
         return {"fleets": []}
@@ -66,8 +67,15 @@ def fleet_mutes(context) -> dict:
     ]
     now = timezone.now()
     mutes = list(
-        Mute.objects.filter(fleet__isnull=False, organization_id__in=owned, starts_at__lte=now, until__gt=now)
+        Mute.objects.filter(
+            fleet__isnull=False,
+            organization_id__in=[o.pk for o in user_organizations(request)],
+            starts_at__lte=now,
+            until__gt=now,
+        )
         .select_related("fleet")
         .order_by("until")
     )
+    for mute in mutes:
+        mute.can_end = mute.organization_id in owned
     return {"fleets": fleets, "mutes": mutes, "mute_form": MuteForm(), "csrf_token": context.get("csrf_token")}
