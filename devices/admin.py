@@ -369,6 +369,19 @@ class DeviceAdmin(admin.ModelAdmin):
             {**self._page_context(request, "Preregister a device"), "form": form, "adminform_errors": form.errors},
         )
 
+    @staticmethod
+    def _selection(request: HttpRequest, queryset: QuerySet[Device], total: int, action: str) -> dict:
+        """What an action's intermediate page needs: a preview of the devices and the selection to post back."""
+        return {
+            "action": action,
+            "devices": list(queryset.select_related("fleet")[:MOVE_PREVIEW_LIMIT]),
+            "total": total,
+            "more": max(total - MOVE_PREVIEW_LIMIT, 0),
+            "selected": request.POST.getlist(helpers.ACTION_CHECKBOX_NAME),
+            "select_across": request.POST.get("select_across", "0"),
+            "action_checkbox_name": helpers.ACTION_CHECKBOX_NAME,
+        }
+
     def _page_context(self, request: HttpRequest, title: str) -> dict[str, Any]:
         return {**self.admin_site.each_context(request), "opts": self.opts, "title": title}
 
@@ -439,14 +452,9 @@ class DeviceAdmin(admin.ModelAdmin):
             "admin/devices/device/move_to_fleet.html",
             {
                 **self._page_context(request, "Move devices to another fleet"),
+                **self._selection(request, queryset, total, "move_to_fleet"),
                 "form": form,
                 "organization": organization,
-                "devices": list(queryset.select_related("fleet")[:MOVE_PREVIEW_LIMIT]),
-                "total": total,
-                "more": max(total - MOVE_PREVIEW_LIMIT, 0),
-                "selected": request.POST.getlist(helpers.ACTION_CHECKBOX_NAME),
-                "select_across": request.POST.get("select_across", "0"),
-                "action_checkbox_name": helpers.ACTION_CHECKBOX_NAME,
             },
         )
 
@@ -465,13 +473,8 @@ class DeviceAdmin(admin.ModelAdmin):
             "admin/devices/device/tag_devices.html",
             {
                 **self._page_context(request, "Tag devices"),
+                **self._selection(request, queryset, total, "tag_devices"),
                 "form": form,
-                "devices": list(queryset.select_related("fleet")[:MOVE_PREVIEW_LIMIT]),
-                "total": total,
-                "more": max(total - MOVE_PREVIEW_LIMIT, 0),
-                "selected": request.POST.getlist(helpers.ACTION_CHECKBOX_NAME),
-                "select_across": request.POST.get("select_across", "0"),
-                "action_checkbox_name": helpers.ACTION_CHECKBOX_NAME,
             },
             # A refused tag is a bad request: nothing was written.
             status=400 if form.is_bound else 200,
