@@ -119,6 +119,31 @@ def _redis():
     return redis.Redis.from_url(settings.REDIS_URL)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _flush_retries_a_deadlock():
+    """The journeys' real worker and beat keep querying while a test's database is flushed: the flush's
+    TRUNCATE (exclusive locks, taken table by table) can deadlock with one of their transactions, and
+    PostgreSQL then cancels one side. The flush is the one to try again; the app's transaction is not
+    the test's concern."""
+    from django.core.management.commands import flush
+    from django.db import OperationalError
+
+    original = flush.Command.handle
+
+    def handle(self, **options):
+        for attempt in range(5):
+            try:
+                return original(self, **options)
+            except Exception as exc:  # flush wraps the database error in a CommandError
+                cause = exc.__cause__ or exc.__context__
+                if attempt == 4 or not isinstance(cause, OperationalError) or "deadlock" not in str(cause):
+                    raise
+
+    flush.Command.handle = handle
+    yield
+    flush.Command.handle = original
+
+
 @pytest.fixture(scope="package")
 def celery_processes(django_db_setup, django_db_blocker):
     """Worker and beat on the test database. Depends on django_db_setup so that it is torn down
