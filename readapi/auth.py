@@ -21,6 +21,7 @@ from django.db.models import Q
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.utils import timezone
 
+from devices.api.errors import error
 from fleets.keys import hash_key
 from fleets.models import Organization
 from readapi.models import TOKEN_RE, ApiToken
@@ -29,15 +30,8 @@ logger = logging.getLogger(__name__)
 LAST_USED_PRECISION = timedelta(minutes=1)
 
 
-def error(status: int, message: str, **headers: str) -> JsonResponse:
-    response = JsonResponse({"error": message}, status=status)
-    for name, value in headers.items():
-        response[name.replace("_", "-")] = value
-    return response
-
-
 def unauthorized(message: str) -> JsonResponse:
-    return error(401, message, WWW_Authenticate='Bearer realm="fleetstatus"')
+    return error(401, message)
 
 
 @dataclass
@@ -122,7 +116,9 @@ def api_view(view: Callable[..., HttpResponse]) -> Callable[..., HttpResponse]:
             logger.warning("read API throttle skipped, cache unavailable: %s", exc)
             wait = None
         if wait is not None:
-            return error(429, f"Too many requests for this token; retry in {wait} s.", Retry_After=str(wait))
+            response = error(429, f"Too many requests for this token; retry in {wait} s.")
+            response["Retry-After"] = str(wait)
+            return response
         request.api = api
         response = view(request, *args, **kwargs)
         response["Cache-Control"] = "private, no-store"

@@ -17,12 +17,13 @@ from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
+from devices.api.errors import error
 from devices.models import UUID_REGEX, Device
 from devices.queries import STATUS_SLUGS, device_status_counts, device_tags, fleet_status_counts, scoped_devices
 from devices.status import Status
 from devices.summary import explain, history
 from fleets.models import Fleet
-from readapi.auth import api_view, error
+from readapi.auth import api_view
 from readapi.queries import (
     BadQuery,
     NotFound,
