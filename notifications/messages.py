@@ -11,10 +11,9 @@ from django.conf import settings
 from django.template.loader import render_to_string
 from django.urls import reverse
 
-from devices.status import Status
+from devices import status_names
 from notifications.models import Delivery
 
-LABELS = dict(Status.choices)
 # Devices listed by name in a chat or email message; the link shows them all.
 SHOWN = 50
 
@@ -50,20 +49,23 @@ def summary(delivery: Delivery) -> tuple[str, str]:
         subject = f"Fleet {p.get('fleet_name') or p['fleet']} {word}: {p['not_online']} of {p['active']} not online"
         return subject, f"{subject}\n{devices_link(fleet=p['fleet'])}"
     changes = p.get("changes", [])
+    # The organization's own status names, as its pages show them.
+    naming = delivery.channel.organization.status_names
+
+    def name(slug: str) -> str:
+        return status_names.label(slug, naming) if slug else slug
+
     fleets = sorted({c["fleet"] for c in changes})
     watched = set(delivery.channel.watched)
     entered = Counter(c["to"] for c in changes if c["to"] in watched)
     recovered = sum(1 for c in changes if c["to"] not in watched)
-    parts = [f"{n} device{'s' if n != 1 else ''} went {LABELS.get(s, s)}" for s, n in entered.most_common()]
+    parts = [f"{n} device{'s' if n != 1 else ''} went {name(s)}" for s, n in entered.most_common()]
     if recovered:
         parts.append(f"{recovered} recovered")
     where = f" in {fleets[0]}" if len(fleets) == 1 else f" in {len(fleets)} fleets"
     subject = f"{delivery.channel.organization.name}{where}: " + "; ".join(parts)
     status = next(iter(entered)) if len(entered) == 1 and not recovered else ""
     link = devices_link(fleet=fleets[0] if len(fleets) == 1 else "", status=status)
-    lines = [
-        {**c, "from_label": LABELS.get(c["from"], c["from"]), "to_label": LABELS.get(c["to"], c["to"])}
-        for c in changes[:SHOWN]
-    ]
+    lines = [{**c, "from_label": name(c["from"]), "to_label": name(c["to"])} for c in changes[:SHOWN]]
     context = {"subject": subject, "changes": lines, "link": link, "more": max(len(changes) - SHOWN, 0)}
     return subject, render_to_string("notifications/message.txt", context)

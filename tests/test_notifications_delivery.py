@@ -265,3 +265,27 @@ def test_a_queued_delivery_is_not_queued_again_until_its_lease_passes(channel, n
     assert sending.to_queue(now + timedelta(seconds=1)) == []  # still in the queue
     lease = timedelta(seconds=settings.FLEETSTATUS_NOTIFY_LEASE_SECONDS + 1)
     assert sending.to_queue(now + lease) == [delivery.pk]  # the message was lost: queued again
+
+
+def test_chat_and_email_texts_use_the_organizations_status_names(org, now):
+    from notifications import messages
+
+    change = {"uuid": "a" * 32, "name": "kiosk-1", "fleet": "kiosks", "from": "online", "to": "offline", "at": "x"}
+    channel = Channel.objects.create(organization=org, name="chat", url="json://127.0.0.1:9/")
+    delivery = Delivery.objects.create(
+        channel=channel,
+        event=Delivery.Event.CHANGES,
+        payload={"changes": [change]},
+        size=1,
+        created_at=now,
+        next_attempt_at=now,
+    )
+    subject, body = messages.summary(delivery)
+    assert "1 device went Offline" in subject
+    assert "Online" in body and "Disconnected" not in body
+    org.status_names = "balena"
+    org.save(update_fields=["status_names"])
+    delivery = Delivery.objects.select_related("channel__organization").get(pk=delivery.pk)
+    subject, body = messages.summary(delivery)
+    assert "1 device went Disconnected" in subject
+    assert "Operational" in body and "Offline" not in body
