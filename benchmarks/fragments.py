@@ -67,6 +67,8 @@ def sample_devices(n: int = 50) -> list:
                 last_connectivity_event=NOW - timedelta(minutes=i) if i % 5 else None,
             )
         )
+        # The Devices view attaches each row's tags (one query per page) before rendering.
+        devices[-1].tag_map = {"location": f"gate-{i % 4}", "customer": "acme"} if i % 3 else {}
     return devices
 
 
@@ -92,7 +94,7 @@ def sample_history(n: int = 25) -> list:
 def sample_cards(n: int = 50) -> tuple[list[dict], object]:
     from devices.status import Status
     from fleets.models import Organization
-    from fleets.views import FleetRow, _segments
+    from fleets.views import FleetRow, segments
 
     org = Organization(pk=1, name="Northwind", slug="northwind", tier="free")
     cards = []
@@ -102,7 +104,7 @@ def sample_cards(n: int = 50) -> tuple[list[dict], object]:
         )
         counts = {s.value: (i * (j + 3)) % 7 if i % 9 else 0 for j, s in enumerate(Status)}
         href = f"/devices/?fleet=fleet-{i}"
-        cards.append({"fleet": fleet, "href": href, "total": sum(counts.values()), "segments": _segments(counts, href)})
+        cards.append({"fleet": fleet, "href": href, "total": sum(counts.values()), "segments": segments(counts, href)})
     return cards, org
 
 

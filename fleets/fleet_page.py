@@ -22,6 +22,7 @@ from fleets import history
 from fleets.counts import status_counts
 from fleets.history import STATUS_SLUGS, Point
 from fleets.models import Fleet
+from fleets.views import segments
 
 # URL value -> (label, span, width of one chart column). About a hundred columns: 7 px each on the
 # page, and a table a screen-reader user can still go through.
@@ -203,7 +204,7 @@ def fleet_detail(request: HttpRequest, org_slug: str, fleet_slug: str) -> HttpRe
         "now": now,
         "fleet": fleet,
         "organization": organization,
-        "counts": [{"slug": s, "label": status_names.label(s), "n": counts[s]} for s in STATUS_SLUGS if counts[s]],
+        "counts": segments(counts, devices_url, organization.status_names),
         "total": total,
         "devices_url": devices_url,
         "range_key": range_key,

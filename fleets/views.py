@@ -23,7 +23,7 @@ from devices.views import dashboard_view, render_page
 from fleets.models import Fleet, Tier
 
 
-def _segments(counts: dict[str, int], href: str = "", naming: str | None = None) -> list[dict]:
+def segments(counts: dict[str, int], href: str = "", naming: str | None = None) -> list[dict]:
     """Non-zero statuses in the badge order; `href` + "&status=<slug>" is each one's Devices link."""
     return [
         {
@@ -128,7 +128,7 @@ def fleet_list(request: HttpRequest) -> HttpResponse:
                 "href": href,
                 "page": f"{fleets_url}{section['org'].slug}/{fleet.slug}/",
                 "total": entry["total"],
-                "segments": _segments(entry["counts"], href, section["org"].status_names),
+                "segments": segments(entry["counts"], href, section["org"].status_names),
             }
         )
     total = online = 0
@@ -139,7 +139,7 @@ def fleet_list(request: HttpRequest) -> HttpResponse:
         # Inactive devices do not count toward the allowance (docs/design.md, Frozen and Inactive); frozen ones do.
         section["active"] = section["total"] - c[Status.INACTIVE]
         section["frozen"] = c[Status.FROZEN]
-        section["segments"] = _segments(c, naming=section["org"].status_names)
+        section["segments"] = segments(c, naming=section["org"].status_names)
         allowance = section["org"].device_allowance
         section["over"] = allowance is not None and section["active"] > allowance
         if allowance is None:

@@ -156,3 +156,13 @@ def test_the_app_never_imports_the_benchmarks():
                 if any(n == "benchmarks" or n.startswith("benchmarks.") for n in names):
                     offenders.append(str(path.relative_to(root)))
     assert offenders == []
+
+
+def test_the_fragment_benchmark_renders_what_the_pages_render(db):
+    """benchmarks/fragments.py builds rows as the views do; a field the rows start to need breaks it here."""
+    from benchmarks.fragments import app_renderers
+
+    renders = {name: render() for name, render in app_renderers().items()}
+    assert renders["device rows (50)"].count("<tr") == 50
+    assert renders["history rows (25)"].count("<tr") == 25
+    assert renders["fleet cards (50)"].count('<li class="fleet-card"') == 50

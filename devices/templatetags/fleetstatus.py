@@ -227,6 +227,12 @@ def history_rows(rows) -> Markup:
 
 
 @register.simple_tag
+def status_bar(segments: list[dict], name: str) -> Markup:
+    """A fleet's stacked bar and legend (the macro the Fleets page's cards use too)."""
+    return render_macro("fleets/_cards.html", "status_bar", segments, name)
+
+
+@register.simple_tag
 def fleet_cards(cards: list[dict], org) -> Markup:
     """An organization's fleet cards on the Fleets page (templates/jinja2/fleets/_cards.html)."""
     return render_macro("fleets/_cards.html", "fleet_cards", cards, org)
