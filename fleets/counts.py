@@ -34,6 +34,7 @@ from django.db import transaction
 
 from devices.status import Status
 from fleets import history
+from fleetstatus.db import triggers
 
 COUNTS = "fleets_statuscount"
 DELTAS = "fleets_statuscountdelta"
@@ -95,12 +96,7 @@ def trigger_names(connection=default_connection) -> list[str]:
 
 
 def installed_triggers(connection=default_connection) -> set[str]:
-    with connection.cursor() as cur:
-        if connection.vendor == "postgresql":
-            cur.execute("SELECT tgname FROM pg_trigger WHERE tgrelid = to_regclass(%s) AND NOT tgisinternal", [DEVICES])
-        else:
-            cur.execute("SELECT name FROM sqlite_master WHERE type = 'trigger' AND tbl_name = %s", [DEVICES])
-        return {name for (name,) in cur.fetchall()}
+    return triggers.installed(DEVICES, connection)
 
 
 def install_triggers(connection=default_connection) -> bool:
@@ -112,31 +108,26 @@ def install_triggers(connection=default_connection) -> bool:
         if connection.vendor == "postgresql":
             for kind, body in _PG_FUNCTIONS.items():
                 name = f"fs_status_count_{kind}"
-                cur.execute(
-                    f"CREATE OR REPLACE FUNCTION {name}() RETURNS trigger LANGUAGE plpgsql AS $$\n"
-                    f"BEGIN {body}\n RETURN NULL;\nEND $$"
+                triggers.create_statement_trigger(
+                    cur,
+                    name,
+                    table=DEVICES,
+                    event=kind.upper(),
+                    referencing=_PG_REFERENCING[kind],
+                    body=body,
+                    create_trigger=name in missing,
                 )
-                if name in missing:
-                    cur.execute(
-                        f"CREATE TRIGGER {name} AFTER {kind.upper()} ON {DEVICES} {_PG_REFERENCING[kind]} "
-                        f"FOR EACH STATEMENT EXECUTE FUNCTION {name}()"
-                    )
         elif connection.vendor == "sqlite":
-            for kind, body in _SQLITE_TRIGGERS.items():
-                cur.execute(f"CREATE TRIGGER IF NOT EXISTS fs_status_count_{kind} {body}")
+            for kind, definition in _SQLITE_TRIGGERS.items():
+                triggers.create_row_trigger(cur, f"fs_status_count_{kind}", definition)
         else:  # pragma: no cover - the project supports these two
             raise NotImplementedError(connection.vendor)
     return True
 
 
 def drop_triggers(connection=default_connection) -> None:
-    with connection.cursor() as cur:
-        for name in trigger_names(connection):
-            if connection.vendor == "postgresql":
-                cur.execute(f"DROP TRIGGER IF EXISTS {name} ON {DEVICES}")
-                cur.execute(f"DROP FUNCTION IF EXISTS {name}()")
-            else:
-                cur.execute(f"DROP TRIGGER IF EXISTS {name}")
+    for name in trigger_names(connection):
+        triggers.drop(name, DEVICES, connection)
 
 
 # --- Maintenance -------------------------------------------------------------------------------------

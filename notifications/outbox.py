@@ -13,6 +13,8 @@ from __future__ import annotations
 
 from django.db import connection as default_connection
 
+from fleetstatus.db import triggers
+
 TRANSITIONS = "devices_statustransition"
 OUTBOX = "notifications_pendingchange"
 CHANNELS = "notifications_channel"
@@ -40,12 +42,7 @@ _SQLITE_TRIGGER = f"""AFTER INSERT ON {TRANSITIONS}
 
 
 def is_installed(connection=default_connection) -> bool:
-    with connection.cursor() as cur:
-        if connection.vendor == "postgresql":
-            cur.execute("SELECT 1 FROM pg_trigger WHERE tgrelid = to_regclass(%s) AND tgname = %s", [TRANSITIONS, NAME])
-        else:
-            cur.execute("SELECT 1 FROM sqlite_master WHERE type = 'trigger' AND name = %s", [NAME])
-        return cur.fetchone() is not None
+    return NAME in triggers.installed(TRANSITIONS, connection)
 
 
 def install_trigger(connection=default_connection) -> bool:
@@ -53,26 +50,21 @@ def install_trigger(connection=default_connection) -> bool:
     missing = not is_installed(connection)
     with connection.cursor() as cur:
         if connection.vendor == "postgresql":
-            cur.execute(
-                f"CREATE OR REPLACE FUNCTION {NAME}() RETURNS trigger LANGUAGE plpgsql AS $$\n"
-                f"BEGIN {_PG_BODY}\n RETURN NULL;\nEND $$"
+            triggers.create_statement_trigger(
+                cur,
+                NAME,
+                table=TRANSITIONS,
+                event="INSERT",
+                referencing="REFERENCING NEW TABLE AS fs_new_transitions",
+                body=_PG_BODY,
+                create_trigger=missing,
             )
-            if missing:
-                cur.execute(
-                    f"CREATE TRIGGER {NAME} AFTER INSERT ON {TRANSITIONS} REFERENCING NEW TABLE AS fs_new_transitions "
-                    f"FOR EACH STATEMENT EXECUTE FUNCTION {NAME}()"
-                )
         elif connection.vendor == "sqlite":
-            cur.execute(f"CREATE TRIGGER IF NOT EXISTS {NAME} {_SQLITE_TRIGGER}")
+            triggers.create_row_trigger(cur, NAME, _SQLITE_TRIGGER)
         else:  # pragma: no cover - the project supports these two
             raise NotImplementedError(connection.vendor)
     return missing
 
 
 def drop_trigger(connection=default_connection) -> None:
-    with connection.cursor() as cur:
-        if connection.vendor == "postgresql":
-            cur.execute(f"DROP TRIGGER IF EXISTS {NAME} ON {TRANSITIONS}")
-            cur.execute(f"DROP FUNCTION IF EXISTS {NAME}()")
-        else:
-            cur.execute(f"DROP TRIGGER IF EXISTS {NAME}")
+    triggers.drop(NAME, TRANSITIONS, connection)

@@ -1,0 +1,47 @@
+"""Triggers the app keeps in the database itself (the kept device counts, the notification outbox).
+
+PostgreSQL: a plpgsql function per trigger, fired once per statement with its transition tables, so
+a bulk write runs one INSERT ... SELECT. SQLite: a row-level trigger. Both are created again on
+post_migrate when missing (a SQLite table rebuild drops them).
+"""
+
+from __future__ import annotations
+
+from django.db.backends.base.base import BaseDatabaseWrapper
+
+
+def installed(table: str, connection: BaseDatabaseWrapper) -> set[str]:
+    """The names of the triggers on `table`."""
+    with connection.cursor() as cur:
+        if connection.vendor == "postgresql":
+            cur.execute("SELECT tgname FROM pg_trigger WHERE tgrelid = to_regclass(%s) AND NOT tgisinternal", [table])
+        else:
+            cur.execute("SELECT name FROM sqlite_master WHERE type = 'trigger' AND tbl_name = %s", [table])
+        return {name for (name,) in cur.fetchall()}
+
+
+def create_statement_trigger(
+    cur, name: str, *, table: str, event: str, referencing: str, body: str, create_trigger: bool
+) -> None:
+    """PostgreSQL: (re)define the function `name` running `body`; create the trigger when asked."""
+    cur.execute(
+        f"CREATE OR REPLACE FUNCTION {name}() RETURNS trigger LANGUAGE plpgsql AS $$\nBEGIN {body}\n RETURN NULL;\nEND $$"
+    )
+    if create_trigger:
+        cur.execute(
+            f"CREATE TRIGGER {name} AFTER {event} ON {table} {referencing} FOR EACH STATEMENT EXECUTE FUNCTION {name}()"
+        )
+
+
+def create_row_trigger(cur, name: str, definition: str) -> None:
+    """SQLite: `definition` is everything after the trigger's name (AFTER ... ON ... BEGIN ... END)."""
+    cur.execute(f"CREATE TRIGGER IF NOT EXISTS {name} {definition}")
+
+
+def drop(name: str, table: str, connection: BaseDatabaseWrapper) -> None:
+    with connection.cursor() as cur:
+        if connection.vendor == "postgresql":
+            cur.execute(f"DROP TRIGGER IF EXISTS {name} ON {table}")
+            cur.execute(f"DROP FUNCTION IF EXISTS {name}()")
+        else:
+            cur.execute(f"DROP TRIGGER IF EXISTS {name}")
