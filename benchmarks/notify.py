@@ -30,7 +30,6 @@ from datetime import datetime, timedelta
 from typing import Any
 
 FLEETS = 100
-SPREAD = timedelta(seconds=10)
 SCHEMA = "bench_p9"
 ORG = "p9"
 
@@ -77,17 +76,6 @@ def _seed(devices: int, log) -> tuple[int, list[int]]:
     counts.fold()
     log(f"   seeded {devices:,} devices in {time.perf_counter() - t0:.0f} s")
     return org.pk, list(Device.objects.filter(organization=org).order_by("pk").values_list("pk", flat=True))
-
-
-def _arm(ids: list[int], now: datetime) -> None:
-    from django.db import connection
-
-    with connection.cursor() as cur:
-        cur.execute(
-            "UPDATE devices_device d SET heartbeat_deadline = %s::timestamptz - v.k * %s::interval "
-            "FROM unnest(%s::bigint[]) WITH ORDINALITY AS v(id, k) WHERE d.id = v.id",
-            [now, SPREAD / len(ids), ids],
-        )
 
 
 def _restore(org_id: int, ids: list[int], after_transition: int) -> None:
@@ -204,6 +192,7 @@ def measure(devices: int = 100_000, due: int = 10_000, runs: int = 3, log=print)
     from django.conf import settings
     from django.utils import timezone
 
+    from benchmarks import staleness
     from notifications.models import Channel
     from notifications.receiver import Receiver
 
@@ -221,7 +210,7 @@ def measure(devices: int = 100_000, due: int = 10_000, runs: int = 3, log=print)
     def sweep() -> tuple[float, float, datetime, int]:
         now = timezone.now()
         last = _last_transition()
-        _arm(ids, now)
+        staleness.arm(ids, now)
         seconds, expired = _sweep(now)
         assert expired == due, f"expired {expired}, expected {due}"
         return seconds, time.perf_counter(), now, last

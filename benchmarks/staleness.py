@@ -108,7 +108,8 @@ def _restore(rows: list[tuple], after_transition: int) -> None:
         )
 
 
-def _arm(ids: list[int], now: datetime) -> None:
+def arm(ids: list[int], now: datetime) -> None:
+    """Make `ids` due: heartbeat deadlines spread over the SPREAD before `now`, as if they fell silent in one interval."""
     with connection.cursor() as cur:
         cur.execute(
             "UPDATE devices_device d SET heartbeat_deadline = %s::timestamptz - v.k * %s::interval "
@@ -153,7 +154,7 @@ def measure(
             warm.rearm(ids)
             if pending_fetches:
                 _pending(hb, heartbeats, pending_fetches, set(ids))
-            _arm(ids, now)
+            arm(ids, now)
             if _due(now) != len(ids):
                 raise AssertionError(f"armed {len(ids)} devices but {_due(now)} are due")
             t0 = time.perf_counter()
