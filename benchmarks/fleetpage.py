@@ -3,7 +3,7 @@
 Seeds one organization with a fleet of --devices devices (100,000 by default) and --other-fleets
 small fleets, plus 30 days of count history in the shape the roll-up leaves (one snapshot a minute
 for the last 7 days, one an hour before), into the database of FLEETPAGE_BENCH_DATABASE_URL
-(default postgres://postgres@127.0.0.1:5432/fs_h7_bench, created if missing; its name must contain
+(default postgres://postgres@127.0.0.1:5432/fleetstatus_bench_fleetpage, created if missing; its name must contain
 "bench": the fleet tables are emptied). Then it prints:
 
 - the fleet page's server time for each range (median of --runs, through Django's test Client as a
@@ -24,7 +24,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_URL = "postgres://postgres@127.0.0.1:5432/fs_h7_bench"
+DEFAULT_URL = "postgres://postgres@127.0.0.1:5432/fleetstatus_bench_fleetpage"
 
 
 def _setup(url: str) -> None:

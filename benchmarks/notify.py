@@ -1,7 +1,7 @@
 """P9: many devices go Offline in one sweep; how soon does every channel hold every change, in how
 many messages, and what do channels add to the sweep's own time?
 
-    DATABASE_URL=postgres://postgres@127.0.0.1:5432/fs_h5_bench python3 -m benchmarks.notify [--devices N] [--due N]
+    DATABASE_URL=postgres://postgres@127.0.0.1:5432/fleetstatus_bench_p9 python3 -m benchmarks.notify [--devices N] [--due N]
 
 Data: one organization ("p9") of `devices` online devices in 100 fleets, seeded once and reused;
 `due` of them get heartbeat deadlines spread over the 10 s before `now`, as if they fell silent
@@ -315,7 +315,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--due", type=int, default=10_000)
     parser.add_argument("--runs", type=int, default=3)
     args = parser.parse_args(argv)
-    os.environ.setdefault("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/fs_h5_bench")
+    os.environ.setdefault("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/fleetstatus_bench_p9")
     # The sweep's database part is measured; no Redis heartbeat store is needed.
     os.environ.pop("REDIS_URL", None)
     os.environ.setdefault("SECRET_KEY", "fleetstatus-bench-only-not-secret-" + "x" * 20)

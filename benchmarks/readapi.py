@@ -7,7 +7,7 @@ P11: GET /metrics over every fleet of the installation; its queries must not dep
 
 `python -m benchmarks.readapi` seeds (unless seeded) a plan that fits a shared machine, 1,000
 fleets and 125,000 devices with the 100,000-device organization, in the PostgreSQL database named
-by DATABASE_URL (default fs_h6_bench on the local server) and prints both figures. Device counts
+by DATABASE_URL (default fleetstatus_bench_readapi on the local server) and prints both figures. Device counts
 for /metrics are kept per fleet and status, so its cost follows the number of fleets, not devices.
 """
 

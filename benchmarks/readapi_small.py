@@ -19,7 +19,7 @@ def main() -> int:
 
     from benchmarks import environment as cli
 
-    os.environ.setdefault("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/fs_h6_bench")
+    os.environ.setdefault("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/fleetstatus_bench_readapi")
     os.environ.setdefault("REDIS_URL", "redis://127.0.0.1:6379/7")
     cli.configure_environment()
     cli.ensure_database()
