@@ -168,6 +168,8 @@ P8_TARGET = "<= 50 ms each"
 P8_VARIANTS = [
     ("offline, last seen newest first", f"/devices/?status={Status.OFFLINE.value}&sort=-last_seen"),
     ("offline, last seen oldest first", f"/devices/?status={Status.OFFLINE.value}&sort=last_seen"),
+    # The mirror case: most devices are online, and they are the most recently seen.
+    ("online, last seen oldest first", f"/devices/?status={Status.ONLINE.value}&sort=last_seen"),
     # One letter: in most names (amber, calm, meadow, canyon, ...) and a UUID prefix.
     ("search 'a' (1 character)", "/devices/?q=a"),
     # Two letters of a word: river, prairie, ridge, brisk, misty, ...

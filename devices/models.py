@@ -116,6 +116,9 @@ class Device(models.Model):
             models.Index(fields=["organization", "overall_status", "name"], name="dev_org_status_name"),
             models.Index(fields=["organization", "name"], name="dev_org_name"),
             models.Index(fields=["organization", "last_seen_at"], name="dev_org_last_seen"),
+            # A status filter sorted by last seen, oldest first; newest first (DESC NULLS LAST) has
+            # its own PostgreSQL-only index (migration 0009), as for last seen alone.
+            models.Index(fields=["organization", "overall_status", "last_seen_at"], name="dev_org_status_seen"),
             # "Last seen, newest first" (DESC NULLS LAST) has its own PostgreSQL-only index,
             # created in migration 0002 outside the model state (SQLite cannot index NULLS LAST).
             # The sorts with a second key (ORDER BY x, name, id): the index gives the page in order and
@@ -133,9 +136,8 @@ class Device(models.Model):
             # descending NULLS LAST one is PostgreSQL-only, migration 0007, as for last seen).
             models.Index(fields=["organization", "update_status", "name"], name="dev_org_update_status_name"),
             models.Index(fields=["organization", "update_status_changed_at"], name="dev_org_update_since"),
-            # PostgreSQL-only, outside the model state (migration 0005): trigram GIN indexes for the
-            # search (name contains: GIN (upper(name) gin_trgm_ops); IP contains: GIN (ip_address
-            # gin_trgm_ops)).
+            # No index for the search: it reads DeviceSearch, whose rows only change with the
+            # searched columns, so device writes no longer pay for trigram indexes (migration 0009).
             models.Index(fields=["fleet", "overall_status"], name="dev_fleet_status"),
             models.Index(fields=["api_key_hash"], name="dev_api_key_hash"),
             models.Index(fields=["fleet", "name"], name="dev_fleet_name"),
@@ -187,6 +189,34 @@ class Device(models.Model):
 
     def compute_status(self) -> Status:
         return compute_status(self.signals())
+
+
+class DeviceSearch(models.Model):
+    """What the Devices page's search and its counts read: one narrow row per device, kept by
+    database triggers on devices_device (devices/search.py), never written by the app.
+
+    Trigram indexes on the device table cost every device write (none is a HOT update); here the
+    row changes only when a searched column or the status changes, and a status change leaves
+    every index alone (a HOT update). The status is here so that a broad search (one letter, a
+    common IP prefix) counts its matches per status from these rows alone.
+    """
+
+    device_id = models.BigIntegerField(primary_key=True)
+    organization_id = models.BigIntegerField()
+    fleet_id = models.BigIntegerField()
+    overall_status = models.CharField(max_length=24)
+    # UPPER(name), computed by the database: matching it costs no UPPER() per row and per search.
+    name = models.CharField(max_length=100)
+    ip_address = models.CharField(max_length=255)
+    uuid = models.CharField(max_length=62)
+
+    class Meta:
+        # PostgreSQL-only indexes (trigram GIN for name and IP contains, the UUID prefix) are made
+        # by migration 0009 outside the model state.
+        indexes = [models.Index(fields=["organization_id", "fleet_id"], name="devsearch_org_fleet")]
+
+    def __str__(self) -> str:
+        return f"{self.device_id}: {self.name}"
 
 
 class StatusTransition(models.Model):

@@ -3,7 +3,8 @@ sort and pagination, and the aggregate counts.
 
 Everything here is read-only. Every query is scoped by organization first, so it runs on the
 (organization, column) indexes of Device and costs the same for a hundred devices or a hundred
-thousand; counts come from one GROUP BY, never a query per row or per fleet.
+thousand; counts come from one GROUP BY, never a query per row or per fleet. The search reads
+DeviceSearch, the narrow copy of the searched columns that database triggers keep (devices/search.py).
 """
 
 from __future__ import annotations
@@ -14,10 +15,11 @@ from dataclasses import dataclass, field
 
 from django.core.exceptions import ValidationError
 from django.core.paginator import Page, Paginator
-from django.db.models import Count, F, Q, QuerySet
+from django.db.models import Count, F, Q, QuerySet, Value
+from django.db.models.functions import Upper
 from django.http import HttpRequest, QueryDict
 
-from devices.models import TAG_KEY_REGEX, Device, DeviceTag, validate_tag_value
+from devices.models import TAG_KEY_REGEX, Device, DeviceSearch, DeviceTag, validate_tag_value
 from devices.status import Status, UpdateStatus
 from fleets import counts as kept_counts
 from fleets.models import Fleet, Membership, Organization
@@ -33,7 +35,8 @@ MAX_TAG_FILTERS = 10
 # Sortable columns, in the table's order: URL key -> (label, fields). The pk is always appended as the tiebreaker so the
 # order is total and a page boundary never shows a device twice or skips one. Every sort has an index
 # that yields the page in order: (organization, field[, name]) on devices, and for the fleet sort
-# (organization, name) on fleets (devices/models.py, migration 0005; order_devices).
+# (organization, name) on fleets (devices/models.py, migration 0005; order_devices). A status
+# filter sorted by last seen has (organization, status, last seen) in both directions (0009).
 SORTS: dict[str, tuple[str, tuple[str, ...]]] = {
     "name": ("Name", ("name",)),
     "status": ("Status", ("overall_status", "name")),
@@ -283,8 +286,9 @@ def _parse_fleet(query: DeviceQuery, value: str, organizations: list[Organizatio
 
 
 def search_condition(q: str) -> Q:
-    """Name contains q, or the UUID starts with q, or an IP address contains q."""
-    condition = Q(name__icontains=q)
+    """On DeviceSearch: name contains q in any case (the rows hold UPPER(name), and q is upper-cased
+    by the same database function), or the UUID starts with q, or an IP address contains q."""
+    condition = Q(name__contains=Upper(Value(q)))
     lowered = q.lower()
     if HEX_RE.match(lowered):
         condition |= Q(uuid__startswith=lowered)
@@ -293,11 +297,23 @@ def search_condition(q: str) -> Q:
     return condition
 
 
+def search_matches(query: DeviceQuery) -> QuerySet[DeviceSearch]:
+    """The search rows of the devices `query.q` finds, in its organizations (and fleets).
+
+    The search reads this narrow copy (devices/search.py), not the device table: its trigram
+    indexes find a rare match, and a one- or two-character search reads the organization's rows
+    here rather than the much wider devices."""
+    rows = DeviceSearch.objects.filter(organization_id__in=query.organization_ids)
+    if query.fleets:
+        rows = rows.filter(fleet_id__in=[f.pk for f in query.fleets])
+    return rows.filter(search_condition(query.q))
+
+
 def filter_devices(devices: QuerySet[Device], query: DeviceQuery, *, with_status: bool = True) -> QuerySet[Device]:
     if query.fleets:
         devices = devices.filter(fleet_id__in=[f.pk for f in query.fleets])
     if query.q:
-        devices = devices.filter(search_condition(query.q))
+        devices = devices.filter(pk__in=search_matches(query).values("device_id"))
     if query.update_statuses:
         devices = devices.filter(update_status__in=query.update_statuses)
     for key, value in query.tags:
@@ -341,7 +357,7 @@ def order_devices(devices: QuerySet[Device], query: DeviceQuery) -> QuerySet[Dev
 # --- Counts ------------------------------------------------------------------------------------------
 
 
-def status_counts(devices: QuerySet[Device]) -> dict[str, int]:
+def status_counts(devices: QuerySet[Device] | QuerySet[DeviceSearch]) -> dict[str, int]:
     """Devices per status in one GROUP BY; every status present, zeros included.
 
     For a set the kept counts cannot answer (a search); COUNT(*), not COUNT(id): it needs no
@@ -359,6 +375,10 @@ def device_status_counts(organizations: list[Organization], query: DeviceQuery) 
     Organizations and fleets come from the counts the database keeps (fleets/counts.py): the same
     cost for a hundred devices or a million. A search has to look at the devices themselves.
     """
+    if query.q and not (query.tags or query.update_statuses):
+        # The search rows carry the status: counting a broad search (one letter matches most
+        # devices) reads those narrow rows alone, not the devices.
+        return status_counts(search_matches(query))
     if query.narrowed:
         return status_counts(filter_devices(scoped_devices(organizations), query, with_status=False))
     fleet_ids = [f.pk for f in query.fleets] if query.fleets else None

@@ -166,11 +166,13 @@ _DB_FIXTURES = {"db", "transactional_db", "django_db_reset_sequences", "django_d
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_call(item):
     """After every test that used the database (and passed): the counts the triggers keep equal a
-    GROUP BY over the devices, whatever path the test changed devices through."""
+    GROUP BY over the devices, and the search rows (devices/search.py) copy the devices, whatever
+    path the test changed devices through."""
     result = yield
     if item.get_closest_marker("django_db") or _DB_FIXTURES & set(getattr(item, "fixturenames", ())):
         from django.db import connection
 
+        from devices import search
         from fleets import counts
 
         if connection.connection is not None and connection.is_usable():
@@ -178,6 +180,8 @@ def pytest_runtest_call(item):
             assert not wrong, (
                 f"kept device counts differ from the devices: {{(org, fleet, status): (kept, real)}} {wrong}"
             )
+            stale = search.mismatches()
+            assert not stale, f"the search rows of these devices differ from the devices: {stale}"
     return result
 
 
