@@ -11,7 +11,7 @@ from __future__ import annotations
 import pytest
 from django.db import connection, transaction
 
-from devices.models import Device, DeviceSearch
+from devices.models import DeviceSearch
 from devices.queries import (
     DeviceQuery,
     filter_devices,
