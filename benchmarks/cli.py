@@ -1,4 +1,4 @@
-"""`python -m benchmarks`: migrate, seed, run the figures P1-P7 (README "Performance"), print one table.
+"""`python -m benchmarks`: migrate, seed, run the figures P1-P11 (README "Performance"), print one table.
 
 python3 dev.py bench                   # everything
 python3 dev.py bench --only P1,P4      # some figures

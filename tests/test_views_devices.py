@@ -12,7 +12,7 @@ from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from devices import services
-from devices.models import TaskRun
+from devices.models import Device, TaskRun
 from devices.queries import PAGE_SIZE, SORTS
 from devices.status import Status
 from fleets.models import Membership
@@ -538,9 +538,57 @@ def test_a_search_counts_its_matches_in_one_group_by(owner_client, make_device):
     # Paginating never counts again: the page's total is the sum of the grouped counts.
     assert not [s for s in sql if "COUNT(" in s.upper() and "GROUP BY" not in s.upper()]
     grouped = [s for s in sql if "GROUP BY" in s.upper()]
-    assert len(grouped) == 1 and "devices_device" in grouped[0]
+    # From the search rows alone (devices/search.py), which carry the status: no device is read.
+    assert len(grouped) == 1 and "devices_devicesearch" in grouped[0] and '"devices_device"' not in grouped[0]
     counts = status_counts(owner_client.get(URL + "?q=kiosk"))
     assert counts["all"] == 1 and counts["online"] == 1 and counts["offline"] == 0
+
+
+def test_a_status_sorted_by_last_seen_both_ways_never_seen_last(owner_client, make_device):
+    now = timezone.now()
+    old = device_in(make_device, "offline", name="old", last_seen_at=now - timedelta(days=2))
+    new = device_in(make_device, "offline", name="new", last_seen_at=now - timedelta(hours=1))
+    never = device_in(make_device, "offline", name="never", last_seen_at=None)
+    device_in(make_device, "online", name="other", last_seen_at=now)
+    assert never.last_seen_at is None
+    for sort, expected in (("last_seen", [old, new, never]), ("-last_seen", [new, old, never])):
+        url = f"{URL}?status=offline&sort={sort}"
+        assert row_uuids(owner_client.get(url)) == [d.uuid for d in expected]
+        assert _queries(owner_client, url) == FULL_PAGE_QUERIES
+
+
+def test_short_and_broad_searches_count_and_list_from_the_search_rows(owner_client, make_device, make_fleet, org):
+    robots, _ = make_fleet(org, "robots")
+    kiosk = device_in(make_device, "online", name="Kiosk-A", ip_address="10.0.3.17")
+    lobby = device_in(make_device, "offline", name="lobby-gate", ip_address="10.1.1.1 192.168.7.20")
+    robot = device_in(make_device, "offline", name="robot", ip_address="172.16.0.10", fleet=robots)
+    by_uuid = {d.uuid: d for d in (kiosk, lobby, robot)}
+    for q, found in (
+        ("a", {kiosk, lobby} | ({robot} if robot.uuid.startswith("a") else set())),  # any case, or a UUID prefix
+        ("k", {kiosk}),
+        ("0.", {kiosk, lobby, robot}),  # IP contains
+        ("10.", {kiosk, lobby}),  # "172.16.0.10" holds no "10."
+        ("ob", {lobby, robot}),
+    ):
+        response = owner_client.get(URL, {"q": q})
+        assert {by_uuid[u] for u in row_uuids(response)} == found, q
+        counts = status_counts(response)
+        assert counts["all"] == len(found), q
+        assert counts["offline"] == len([d for d in found if d.overall_status == "offline"]), q
+        assert _queries(owner_client, f"{URL}?q={q}") == FULL_PAGE_QUERIES
+    # With a fleet, from the same rows; with a status, the page lists that status alone.
+    assert row_uuids(owner_client.get(URL, {"q": "ob", "fleet": "robots"})) == [robot.uuid]
+    assert status_counts(owner_client.get(URL, {"q": "ob", "fleet": "robots"}))["all"] == 1
+    assert row_uuids(owner_client.get(URL, {"q": "o", "status": "online"})) == [kiosk.uuid]
+
+
+def test_a_search_with_a_tag_filter_counts_from_the_devices(owner_client, make_device):
+    tagged = device_in(make_device, "online", name="kiosk-1")
+    device_in(make_device, "online", name="kiosk-2")
+    services.set_tag(Device.objects.filter(pk=tagged.pk), "site", "gate-b")
+    response = owner_client.get(URL, {"q": "kiosk", "tag": "site:gate-b"})
+    assert row_uuids(response) == [tagged.uuid] and status_counts(response)["all"] == 1
+    assert _queries(owner_client, f"{URL}?q=kiosk&tag=site:gate-b") == FULL_PAGE_QUERIES
 
 
 def test_status_changes_show_on_the_next_poll(owner_client, make_device):
