@@ -213,7 +213,7 @@ class DeviceSearch(models.Model):
     class Meta:
         # PostgreSQL-only indexes (trigram GIN for name and IP contains, the UUID prefix) are made
         # by migration 0009 outside the model state.
-        indexes = [models.Index(fields=["organization_id", "fleet_id"], name="devsearch_org_fleet")]
+        indexes = [models.Index(fields=["organization_id", "device_id"], name="devsearch_org_device")]
 
     def __str__(self) -> str:
         return f"{self.device_id}: {self.name}"

@@ -9,7 +9,8 @@ status filter sorted by last seen gets its indexes.
   * devsearch_ip_trgm, GIN (ip_address gin_trgm_ops): IP contains,
   * devsearch_org_uuid, (organization_id, uuid text_pattern_ops): the UUID prefix beside them.
   A search of one or two characters has no trigram and reads the organization's rows of this
-  narrow table (devsearch_org_fleet), which is also where its counts per status come from.
+  narrow table (devsearch_org_device: in the order rebuild() writes the rows, so that scan reads
+  the table's pages in order), which is also where its counts per status come from.
 - (organization, overall_status, last_seen_at) serves a status sorted by last seen, oldest first;
   newest first sorts DESC NULLS LAST, which no backward scan of it gives, so PostgreSQL gets
   (organization_id, overall_status, last_seen_at DESC NULLS LAST) outside the model state (as
@@ -97,7 +98,7 @@ class Migration(migrations.Migration):
                 ("uuid", models.CharField(max_length=62)),
             ],
             options={
-                "indexes": [models.Index(fields=["organization_id", "fleet_id"], name="devsearch_org_fleet")],
+                "indexes": [models.Index(fields=["organization_id", "device_id"], name="devsearch_org_device")],
             },
         ),
         migrations.AddIndex(
