@@ -582,6 +582,15 @@ def test_short_and_broad_searches_count_and_list_from_the_search_rows(owner_clie
     assert row_uuids(owner_client.get(URL, {"q": "o", "status": "online"})) == [kiosk.uuid]
 
 
+def test_search_wildcards_are_literal(owner_client, make_device):
+    percent = device_in(make_device, "online", name="sale-50%-off")
+    under = device_in(make_device, "online", name="gate_b")
+    device_in(make_device, "online", name="sale-500-off")
+    device_in(make_device, "online", name="gate-b")
+    assert row_uuids(owner_client.get(URL, {"q": "50%"})) == [percent.uuid]
+    assert row_uuids(owner_client.get(URL, {"q": "E_B"})) == [under.uuid]
+
+
 def test_a_search_with_a_tag_filter_counts_from_the_devices(owner_client, make_device):
     tagged = device_in(make_device, "online", name="kiosk-1")
     device_in(make_device, "online", name="kiosk-2")
