@@ -143,7 +143,7 @@ def defer_indexes(tables: list[str]) -> int:
     """Drop the secondary indexes of `tables` for a bulk load; restore_deferred_indexes() builds them again.
 
     Building an index once over a million sorted rows costs a fraction of maintaining it row by row
-    during COPY (two trigram GIN indexes and the page indexes: 18 on devices). The definitions are
+    during COPY (the page indexes: 18 on devices; the trigram GIN indexes of the search rows). The definitions are
     kept in a table first, so a seed that dies half-way leaves nothing lost: the next seed or
     --skip-seed run rebuilds them. Indexes behind constraints (primary keys, unique) stay.
     """
