@@ -488,8 +488,8 @@ def test_boosted_request_gets_the_full_page(owner_client):
 
 # --- Query counts -------------------------------------------------------------------------------------
 
-# session, user, memberships, status counts, rows, the rows' tags (one query), fleet choices, saved views menu,
-# dead-man's switch
+# session, user, memberships (with the user's column choice), status counts, rows, the rows' tags (one query;
+# the Tags column is a default one), fleet choices, saved views menu, dead-man's switch
 FULL_PAGE_QUERIES = 9
 # the same without the fleet choices of the filter form
 FRAGMENT_QUERIES = 7
