@@ -290,3 +290,20 @@ class SavedView(models.Model):
 
     def __str__(self) -> str:
         return f"{self.name} ({self.organization.slug})"
+
+
+class ColumnChoice(models.Model):
+    """The optional columns a user chose for the Devices page (column keys, comma-separated).
+
+    No row: the default columns. The page reads it in the query that loads the user's
+    organizations (devices.queries.user_organizations), so it costs the page no query of its own.
+    """
+
+    user = models.OneToOneField(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, primary_key=True, related_name="device_columns"
+    )
+    columns = models.CharField(max_length=300, blank=True, default="")
+    updated_at = models.DateTimeField(auto_now=True)
+
+    def __str__(self) -> str:
+        return f"{self.user_id}: {self.columns or '(none)'}"
