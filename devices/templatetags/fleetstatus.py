@@ -232,6 +232,12 @@ def history_rows(rows) -> Markup:
 
 
 @register.simple_tag
+def status_strips(strips) -> Markup:
+    """The Device Summary's status strips (templates/jinja2/devices/_strip.html)."""
+    return render_macro("devices/_strip.html", "status_strips", strips)
+
+
+@register.simple_tag
 def status_bar(segments: list[dict], name: str) -> Markup:
     """A fleet's stacked bar and legend (the macro the Fleets page's cards use too)."""
     return render_macro("fleets/_cards.html", "status_bar", segments, name)
