@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
+from django.conf import settings
 from django.db import connection
 
 from benchmarks import ceiling, warm
@@ -41,7 +42,7 @@ from benchmarks.context import RESULTS_DIR, Context
 from benchmarks.pages import require_route
 from benchmarks.report import NotAvailable, Row, median
 from benchmarks.seed import device_key
-from devices.models import Device
+from devices.models import Device, heartbeat_window
 from devices.status import HeartbeatState
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -200,7 +201,10 @@ def db_counters() -> dict[str, int]:
     return {"inserted": row[0], "updated": row[1], "deleted": row[2], "commits": row[3]}
 
 
-def settled_counters(timeout: float = 15.0) -> dict[str, int]:
+SETTLE_TIMEOUT = 15.0
+
+
+def settled_counters(timeout: float = SETTLE_TIMEOUT) -> dict[str, int]:
     """Counters once two samples a second and a half apart agree (every backend has flushed)."""
     deadline = time.monotonic() + timeout
     previous = db_counters()
@@ -346,7 +350,14 @@ def _load_figure(
     )
     results: list[dict[str, Any]] = []
     ceiling_results: list[dict[str, Any]] = []
-    warmed_at = 0.0
+    # warm_heartbeats gives each deadline at least (tolerance - 1) x the device's interval, and at
+    # least the floor of every interval, from the moment it STARTS; at a million devices the warm
+    # itself takes long enough that counting from its end let the last runs pass the first deadlines.
+    floor = settings.FLEETSTATUS_MIN_POLL_INTERVAL
+    safe_for = (heartbeat_window(floor).total_seconds() - floor) * 0.95
+    # This iteration's P4 run: the short warm-up run, two settles of the write counters at worst, the run.
+    worst_run = 3 + 2 * SETTLE_TIMEOUT + seconds + 10
+    warmed_at = -float("inf")
     try:
         if warm_store:
             # Steady state includes each polling device's configuration in the device cache (a
@@ -354,11 +365,11 @@ def _load_figure(
             warm.warm_device_cache(log=ctx.log)
         _sample_fetch(devices_file)
         for _ in range(ctx.load_runs):
-            # Warmed deadlines are at least half an interval (300 s) ahead: warm again if this run
-            # would end after that, or fetches would start arriving late and take the database path.
-            if warm_store and time.monotonic() - warmed_at + seconds + 20 > 290:
-                warm.warm_heartbeats(log=ctx.log)
+            # Warm again unless this run ends before the earliest warmed deadline, or fetches
+            # start arriving late and take the database path (and write).
+            if warm_store and time.monotonic() - warmed_at + worst_run > safe_for:
                 warmed_at = time.monotonic()
+                warm.warm_heartbeats(log=ctx.log)
             # A short run first: every worker connected to PostgreSQL and Redis, code paths warm.
             run_wrk(script, devices_file, 3)
             before = settled_counters()
