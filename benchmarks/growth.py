@@ -158,6 +158,12 @@ def grid(sizes: list[int], by_size: dict[int, dict[str, Any]], due: int) -> tupl
         else:
             target, verdict = f"<= {RATIO_TARGET}x", "pass" if ratio <= RATIO_TARGET else "FAIL"
         lines.append([label.format(due=due), *(ms(v) for v in values), f"{ratio:.2f}x", target, verdict])
+        if "cpu" in by_size[sizes[0]][key]:
+            # The Python CPU time of the same requests hardly moves when other processes compete for the cores.
+            cpu = [by_size[n][key]["cpu"] for n in sizes]
+            cpu_ratio = cpu[-1] / cpu[0] if cpu[0] else float("inf")
+            ratios[f"{key}_cpu"] = cpu_ratio
+            lines.append(["  its Python CPU", *(ms(v) for v in cpu), f"{cpu_ratio:.2f}x", "(informational)", "info"])
     widths = [max(len(str(row[i])) for row in [header, *lines]) for i in range(len(header))]
     out = ["  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True))]
     out.append("  ".join("-" * w for w in widths))

@@ -43,8 +43,11 @@ def test_the_growth_table_has_a_verdict_per_figure_and_the_report_is_information
         10_000: at(0.02, 0.03, 1.0, 0.004),
         100_000: at(0.03, 0.04, 1.2, 0.02),
     }
+    for n, cpu in ((1_000, 0.010), (10_000, 0.011), (100_000, 0.012)):
+        by_size[n]["P1"]["cpu"] = cpu
     text, ratios = growth.grid(sizes, by_size, due=100)
-    assert ratios == pytest.approx({"P1": 1.5, "P2": 2.0, "P6": 1.2, "report": 5.0})
+    assert ratios == pytest.approx({"P1": 1.5, "P1_cpu": 1.2, "P2": 2.0, "P6": 1.2, "report": 5.0})
+    assert "  its Python CPU" in text and "12.0 ms" in text
     lines = {line.split("  ")[0]: line for line in text.splitlines()[2:]}
     assert lines["P1 Devices page, first page"].rstrip().endswith("pass")
     assert lines["P2 Fleets page"].rstrip().endswith("FAIL")
