@@ -1,7 +1,8 @@
 """Smaller installations beside the main seed, one PostgreSQL schema each (P6, P12).
 
 An installation of n devices (n below the main seed's size) is the main plan's bench-large
-organization alone, cut to n devices and to as many fleets as it has per device in the main seed,
+organization alone, cut to n devices and to as many fleets as it has per device in the main seed
+(but never fewer than a full Fleets page),
 in schema bench_n<n> of the bench database. At the size bench-large has in the main seed it holds
 the same UUIDs, ids and signals as there (P6 compares the same due devices). Each is migrated and
 seeded at the main seed's time the first time a figure needs it after that seed, and reused (also
@@ -35,10 +36,17 @@ def sized_plan(plan: seed.Plan, devices: int) -> seed.Plan:
     """bench-large alone with `devices` devices (its fleets scaled alike, at least one)."""
     large = plan.orgs[0]
     assert large.slug == "bench-large", large
-    fleets = max(1, round(large.fleets * devices / large.devices))
+    from fleets.views import FLEETS_PER_PAGE  # (the app's modules load once Django is set up)
+
+    # At least a full Fleets page of fleets (as many as the organization has): P12 compares the
+    # page's cost as the installation grows, not a page of 10 cards with one of 50.
+    fleets = max(min(FLEETS_PER_PAGE, large.fleets), round(large.fleets * devices / large.devices))
     sized = dataclasses.replace(large, devices=devices, fleets=fleets)
     return dataclasses.replace(
-        plan, name=f"{plan.name}-n{devices}", orgs=(sized, *plan.orgs[1:]), due_devices=min(plan.due_devices, devices)
+        plan,
+        name=f"{plan.name}-n{devices}-f{fleets}",
+        orgs=(sized, *plan.orgs[1:]),
+        due_devices=min(plan.due_devices, devices),
     )
 
 

@@ -23,12 +23,14 @@ def test_growth_sizes_follow_the_main_seed():
 def test_a_sized_installation_is_bench_large_alone_with_its_fleets_scaled():
     plan = installations.sized_plan(seed.FULL, 10_000)
     large = plan.orgs[0]
-    assert (large.slug, large.devices, large.fleets) == ("bench-large", 10_000, 10)
-    assert plan.name == "full-n10000" and plan.orgs[1:] == seed.FULL.orgs[1:]
+    # Never fewer fleets than a full Fleets page (the organization's 100 scaled alike would be 10).
+    assert (large.slug, large.devices, large.fleets) == ("bench-large", 10_000, 50)
+    assert plan.name == "full-n10000-f50" and plan.orgs[1:] == seed.FULL.orgs[1:]
     # At bench-large's own size it is the organization of the main seed (P6 compares the same due devices).
     same = installations.sized_plan(seed.FULL, 100_000)
     assert same.orgs[0] == seed.FULL.orgs[0] and same.due_devices == seed.FULL.due_devices
-    assert installations.sized_plan(seed.QUICK, 1_000).orgs[0].fleets == 1
+    quick_large = seed.QUICK.orgs[0]
+    assert installations.sized_plan(seed.QUICK, 1_000).orgs[0].fleets == min(50, quick_large.fleets)
     assert installations.schema_name(10_000) == "bench_n10000"
 
 
