@@ -1,10 +1,10 @@
-"""The performance figures (README "Performance") and the function that measures each (P1-P7)."""
+"""The performance figures (README "Performance") and the function that measures each (P1-P13)."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
-from benchmarks import load, notify, pages, readapi, staleness, tunnel
+from benchmarks import load, notify, pages, readapi, scaleout, staleness, tunnel
 from benchmarks.context import Context
 from benchmarks.report import Row
 
@@ -19,6 +19,7 @@ TITLES = {
     "P9": "Notifications: 10,000 of 100,000 Offline in one sweep",
     "P10": "Read API GET /api/v1/devices?limit=100 (100,000 devices)",
     "P11": "/metrics (1,000 fleets, 1,000,000 devices)",
+    "P13": "Scale-out: fetches over 1-2 servers and a Redis Cluster; the sweep by 1 vs 2 workers",
 }
 TARGETS = {
     "P1": "<= 50 ms, <= 1.5x the 1k page, same queries",
@@ -31,6 +32,7 @@ TARGETS = {
     "P9": "all delivered <= 10 s after the sweep, <= 10 messages per channel, sweep +<= 10 %",
     "P10": "<= 30 ms first page and page 900",
     "P11": "<= 100 ms; queries independent of size",
+    "P13": "(scale-out: informational)",
 }
 ALL: dict[str, Callable[[Context], list[Row]]] = {
     "P1": pages.p1,
@@ -43,4 +45,5 @@ ALL: dict[str, Callable[[Context], list[Row]]] = {
     "P9": notify.p9,
     "P10": readapi.p10,
     "P11": readapi.p11,
+    "P13": scaleout.p13,
 }
