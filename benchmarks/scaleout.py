@@ -483,9 +483,9 @@ class SweepWorker:
                 start_new_session=True,
             )
         self.ctx.cleanups.append(self.stop)
-        _wait(lambda: self._check_alive() and "ready." in self.log_path.read_text(errors="replace"), 60, "celery")
+        _wait(lambda: self.check_alive() and "ready." in self.log_path.read_text(errors="replace"), 60, "celery")
 
-    def _check_alive(self) -> bool:
+    def check_alive(self) -> bool:
         if self.proc is None or self.proc.poll() is not None:
             raise AssertionError(f"celery worker exited; see {self.log_path}")
         return True
@@ -502,7 +502,9 @@ class SweepWorker:
         self.proc = None
 
 
-def sweep_by_workers(groups: list[list[int]], queue: str, timeout: float = 600) -> Callable[[datetime], dict[str, Any]]:
+def sweep_by_workers(
+    groups: list[list[int]], queue: str, workers: list[SweepWorker], timeout: float = 600
+) -> Callable[[datetime], dict[str, Any]]:
     """A sweep callable for staleness.measure: one task per group to the workers, back when all reported."""
     from fleetstatus.celery import app
 
@@ -513,11 +515,16 @@ def sweep_by_workers(groups: list[list[int]], queue: str, timeout: float = 600) 
         for group in groups:
             app.send_task(SWEEP_TASK, args=(group, now.isoformat(), DONE_KEY), queue=queue)
         reports = []
-        for _ in groups:
-            item = client.blpop([DONE_KEY], timeout=timeout)
-            if item is None:
+        give_up = time.monotonic() + timeout
+        while len(reports) < len(groups):
+            item = client.blpop([DONE_KEY], timeout=2)
+            if item is not None:
+                reports.append(json.loads(item[1]))
+                continue
+            for worker in workers:
+                worker.check_alive()
+            if time.monotonic() > give_up:
                 raise AssertionError(f"only {len(reports)} of {len(groups)} sweep tasks reported in {timeout} s")
-            reports.append(json.loads(item[1]))
         failed = [r for r in reports if r.get("error")]
         if failed:
             raise AssertionError(f"sweep tasks failed: {failed}")
@@ -541,8 +548,9 @@ def p13_sweep(ctx: Context) -> list[Row]:
     groups = sweep_groups()
     client = redis.Redis.from_url(settings.REDIS_URL)
     client.delete(SWEEP_QUEUE, FIRST_WORKER_QUEUE)
-    by_one, by_two = sweep_by_workers(groups, FIRST_WORKER_QUEUE), sweep_by_workers(groups, SWEEP_QUEUE)
     workers = [SweepWorker(ctx, 1, [FIRST_WORKER_QUEUE, SWEEP_QUEUE]), SweepWorker(ctx, 2, [SWEEP_QUEUE])]
+    by_one = sweep_by_workers(groups, FIRST_WORKER_QUEUE, workers)
+    by_two = sweep_by_workers(groups, SWEEP_QUEUE, workers)
     times: dict[int, list[float]] = {1: [], 2: []}
     details: dict[int, list[dict[str, Any]]] = {1: [], 2: []}
     try:
