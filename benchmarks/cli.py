@@ -21,7 +21,7 @@ from pathlib import Path
 
 from benchmarks.environment import DEFAULT_DATABASE_URL, configure_environment, ensure_database, log
 
-ALL = ["P1", "P2", "P3", "P4", "P5", "P6", "P7", "P9", "P10", "P11", "P12"]
+ALL = ["P1", "P2", "P3", "P4", "P5", "P6", "P7", "P9", "P10", "P11", "P12", "P13"]
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:

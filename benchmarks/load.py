@@ -49,14 +49,14 @@ ROOT = Path(__file__).resolve().parent.parent
 LUA_DIR = Path(__file__).resolve().parent / "wrk"
 
 
-def _free_port() -> int:
+def free_port() -> int:
     # Other processes on this machine use fixed ports (8000, test servers): let the kernel choose.
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
 
-PORT = int(os.environ.get("FLEETSTATUS_BENCH_PORT") or _free_port())
+PORT = int(os.environ.get("FLEETSTATUS_BENCH_PORT") or free_port())
 # The production settings of gunicorn.conf.py (threaded workers with keep-alive, cores + 1
 # processes x 4 threads; that file says why), unless FLEETSTATUS_BENCH_* say otherwise, so other
 # shapes can be compared (README "Performance" has the comparison).
@@ -76,24 +76,37 @@ CEILING_SHARE = 0.70
 
 
 class Server:
-    def __init__(self, ctx: Context, app: str = "fleetstatus.wsgi", port: int | None = None) -> None:
+    """One gunicorn server (P4/P5 use one on PORT; P13 starts two, and points them at a cluster via env)."""
+
+    def __init__(
+        self,
+        ctx: Context,
+        app: str = "fleetstatus.wsgi",
+        *,
+        port: int = 0,
+        workers: int = 0,
+        env: dict[str, str] | None = None,
+        name: str = "gunicorn",
+    ) -> None:
         self.ctx = ctx
         self.app = app
         self.port = port or PORT
+        self.workers = workers or WORKERS
+        self.extra_env = env or {}
         self.proc: subprocess.Popen | None = None
-        self.log_path = RESULTS_DIR / "gunicorn.log"
+        self.log_path = RESULTS_DIR / f"{name}.log"
 
     @property
     def description(self) -> str:
         threads = f" x {THREADS} threads" if WORKER_CLASS == "gthread" else ""
         socket = ", a socket per worker (reuse_port)" if REUSE_PORT else ", one shared socket"
-        return f"gunicorn {WORKERS} {WORKER_CLASS} workers{threads}{socket}"
+        return f"gunicorn {self.workers} {WORKER_CLASS} workers{threads}{socket}"
 
     def start(self) -> None:
         gunicorn = Path(sys.executable).with_name("gunicorn")
         if not gunicorn.exists():
             raise NotAvailable("gunicorn is not installed in the virtualenv")
-        if _port_open(self.port):
+        if port_open(self.port):
             raise AssertionError(f"port {self.port} is already in use (set FLEETSTATUS_BENCH_PORT)")
         env = {
             **os.environ,
@@ -104,6 +117,7 @@ class Server:
             "REDIS_URL": os.environ["REDIS_URL"],
             "LOG_LEVEL": "WARNING",
             "DJANGO_SETTINGS_MODULE": "fleetstatus.settings",
+            **self.extra_env,
         }
         cmd = [
             str(gunicorn),
@@ -111,7 +125,7 @@ class Server:
             "--bind",
             f"127.0.0.1:{self.port}",
             "--workers",
-            str(WORKERS),
+            str(self.workers),
             "--worker-class",
             WORKER_CLASS,
             "--threads",
@@ -173,7 +187,7 @@ def connections_per_pid(ss_output: str, pids: list[int]) -> dict[int, int]:
     return spread
 
 
-def _port_open(port: int) -> bool:
+def port_open(port: int) -> bool:
     with socket.socket() as s:
         s.settimeout(0.5)
         return s.connect_ex(("127.0.0.1", port)) == 0
@@ -238,12 +252,8 @@ def wrk_binary() -> str:
     return path
 
 
-def run_wrk(
-    script: str, devices_file: Path, seconds: int, connections: int = CONNECTIONS, server: Server | None = None
-) -> dict[str, Any]:
-    """One wrk run; with `server`, the connections per worker are sampled half-way (result["spread"])."""
-    port = server.port if server else PORT
-    cmd = [
+def wrk_command(script: str, seconds: int, connections: int = CONNECTIONS, port: int = 0) -> list[str]:
+    return [
         wrk_binary(),
         "-t1",
         f"-c{connections}",
@@ -252,29 +262,56 @@ def run_wrk(
         "10s",
         "-s",
         str(LUA_DIR / script),
-        f"http://127.0.0.1:{port}",
+        f"http://127.0.0.1:{port or PORT}",
     ]
-    env = {**os.environ, "FLEETSTATUS_BENCH_DEVICES": str(devices_file), "FLEETSTATUS_BENCH_LUA": str(LUA_DIR)}
+
+
+def wrk_env(devices_file: Path) -> dict[str, str]:
+    return {**os.environ, "FLEETSTATUS_BENCH_DEVICES": str(devices_file), "FLEETSTATUS_BENCH_LUA": str(LUA_DIR)}
+
+
+def parse_wrk(stdout: str, stderr: str = "", returncode: int | None = None) -> dict[str, Any]:
+    """The summary line our Lua scripts print (common.lua), with the rate and the errors added up."""
+    for line in stdout.splitlines():
+        if line.startswith("WRK_JSON "):
+            result = json.loads(line.removeprefix("WRK_JSON "))
+            result["rps"] = result["requests"] / (result["duration_us"] / 1e6)
+            result["errors"] = sum(result[k] for k in ("connect", "read", "write", "status", "timeout"))
+            return result
+    raise AssertionError(f"wrk printed no summary (exit {returncode}): {stdout[-500:]} {stderr[-500:]}")
+
+
+def run_wrk(
+    script: str,
+    devices_file: Path,
+    seconds: int,
+    connections: int = CONNECTIONS,
+    server: Server | None = None,
+    port: int = 0,
+) -> dict[str, Any]:
+    """One wrk run; with `server`, the connections per worker are sampled half-way (result["spread"])."""
+    port = server.port if server else port
     sampled: dict[int, int] = {}
     sampler = None
     if server:
         sampler = threading.Timer(seconds / 2, lambda: sampled.update(server.connection_spread()))
         sampler.start()
     try:
-        out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=seconds + 120)
+        out = subprocess.run(
+            wrk_command(script, seconds, connections, port),
+            capture_output=True,
+            text=True,
+            env=wrk_env(devices_file),
+            timeout=seconds + 120,
+        )
     finally:
         if sampler:
             sampler.cancel()
             sampler.join()
-    for line in out.stdout.splitlines():
-        if line.startswith("WRK_JSON "):
-            result = json.loads(line.removeprefix("WRK_JSON "))
-            result["rps"] = result["requests"] / (result["duration_us"] / 1e6)
-            result["errors"] = sum(result[k] for k in ("connect", "read", "write", "status", "timeout"))
-            if server:
-                result["spread"] = {str(pid): n for pid, n in sampled.items()}
-            return result
-    raise AssertionError(f"wrk printed no summary (exit {out.returncode}): {out.stdout[-500:]} {out.stderr[-500:]}")
+    result = parse_wrk(out.stdout, out.stderr, out.returncode)
+    if server:
+        result["spread"] = {str(pid): n for pid, n in sampled.items()}
+    return result
 
 
 # --- The devices the load picks from ------------------------------------------------------------
@@ -308,11 +345,11 @@ def spread_text(result: dict[str, Any]) -> str:
     return "/".join(str(n) for n in counts) if counts else "?"
 
 
-def _sample_fetch(devices_file: Path) -> None:
+def sample_fetch(devices_file: Path, port: int = 0) -> None:
     """One real fetch through the server, so a broken endpoint fails loudly before a 60 s run."""
     uuid, key = devices_file.open().readline().split()
     req = urllib.request.Request(
-        f"http://127.0.0.1:{PORT}/device/v3/{uuid}/state", headers={"Authorization": f"Bearer {key}"}
+        f"http://127.0.0.1:{port or PORT}/device/v3/{uuid}/state", headers={"Authorization": f"Bearer {key}"}
     )
     try:
         with urllib.request.urlopen(req, timeout=10) as r:
@@ -336,7 +373,7 @@ def _load_figure(
         server.start()
         if with_ceiling:
             ceiling.prepare(os.environ["REDIS_URL"])
-            ceiling_server = Server(ctx, app="benchmarks.ceiling:application", port=_free_port())
+            ceiling_server = Server(ctx, app="benchmarks.ceiling:application", port=free_port())
             servers.append(ceiling_server)
             ceiling_server.start()
     except BaseException:
@@ -363,7 +400,7 @@ def _load_figure(
             # Steady state includes each polling device's configuration in the device cache (a
             # device's first database-path fetch puts it there; entries live for hours).
             warm.warm_device_cache(log=ctx.log)
-        _sample_fetch(devices_file)
+        sample_fetch(devices_file)
         for _ in range(ctx.load_runs):
             # Warm again unless this run ends before the earliest warmed deadline, or fetches
             # start arriving late and take the database path (and write).

@@ -1,10 +1,10 @@
-"""The performance figures (README "Performance") and the function that measures each (P1-P12)."""
+"""The performance figures (README "Performance") and the function that measures each (P1-P13)."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
-from benchmarks import growth, load, notify, pages, readapi, staleness, tunnel
+from benchmarks import growth, load, notify, pages, readapi, scaleout, staleness, tunnel
 from benchmarks.context import Context
 from benchmarks.report import Row
 
@@ -20,6 +20,7 @@ TITLES = {
     "P10": "Read API GET /api/v1/devices?limit=100 (100,000 devices)",
     "P11": "/metrics (1,000 fleets, 1,000,000 devices)",
     "P12": "Growth: P1, P2, P6 and a state report at 10,000 / 100,000 / 1,000,000 devices",
+    "P13": "Scale-out: fetches over 1-2 servers and a Redis Cluster; the sweep by 1 vs 2 workers",
 }
 TARGETS = {
     "P1": "<= 50 ms, <= 1.5x the 1k page, same queries",
@@ -33,6 +34,7 @@ TARGETS = {
     "P10": "<= 30 ms first page and page 900",
     "P11": "<= 100 ms; queries independent of size",
     "P12": "1,000,000 figure <= 1.5x the 10,000 figure (P1, P2, P6)",
+    "P13": "(scale-out: informational)",
 }
 ALL: dict[str, Callable[[Context], list[Row]]] = {
     "P1": pages.p1,
@@ -46,4 +48,5 @@ ALL: dict[str, Callable[[Context], list[Row]]] = {
     "P10": readapi.p10,
     "P11": readapi.p11,
     "P12": growth.p12,
+    "P13": scaleout.p13,
 }

@@ -15,6 +15,7 @@ and signals), seeded once by the same generator and reused while the main seed i
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -93,9 +94,12 @@ def measure(
     pending_fetches: int = 0,
     profile: str = "",
     warm_first: bool = True,
+    sweep: Callable[[datetime], dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
-    """Median time of run_sweep(now) with exactly len(ids) due devices; the rows are restored after."""
-    run_sweep = _run_sweep()
+    """Median time of run_sweep(now) with exactly len(ids) due devices; the rows are restored after.
+
+    sweep: what runs the sweep instead of run_sweep in this process (P13: Celery workers)."""
+    run_sweep = sweep or _run_sweep()
     heartbeats, hb = warm.store()
     already = _due(now)
     if already:
