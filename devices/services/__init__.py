@@ -63,6 +63,7 @@ from devices.services.reporting import (
     STATUS_GUARD_FIELDS,
     apply_state_report,
     state_report_snapshot,
+    store_state_report,
 )
 from devices.services.tags import TagError, check_tag, parse_assignment, set_tag
 from devices.services.tunnel import TunnelResult, set_tunnel

@@ -17,7 +17,7 @@ from django.db import connection
 from django.db.models.expressions import RawSQL
 
 from devices.models import Device, StatusTransition
-from devices.status import HeartbeatState
+from devices.status import HeartbeatState, status_sql
 from fleets.models import Fleet
 
 
@@ -31,6 +31,25 @@ def _column(name: str) -> str:
 
 def _postgresql() -> bool:
     return connection.vendor == "postgresql"
+
+
+def _table(model: type) -> str:
+    return _qn(model._meta.db_table)
+
+
+def _status_of_row_as_written(written: frozenset[str]) -> tuple[str, tuple[str, ...]]:
+    """The status rule over device row `d` joined with its fleet `f`, the signals in `written` taken
+    from the statement's parameters (cast to their column types) instead of the row."""
+
+    def source(signal: str) -> str:
+        if signal == "effective_cloudlink":
+            # devices.models.effective_cloudlink: the device's override, else its fleet's switch.
+            return f"COALESCE(d.{_column('cloudlink_enabled')}, f.{_qn(Fleet._meta.get_field('cloudlink_enabled').column)})"
+        if signal in written:
+            return f"CAST(%s AS {Device._meta.get_field(signal).db_type(connection)})"
+        return f"d.{_column(signal)}"
+
+    return status_sql(source)
 
 
 def among(values: Sequence[int] | Sequence[str]) -> RawSQL:
@@ -198,3 +217,51 @@ def guarded_update(pk: int, guard: Mapping[str, Any], values: Mapping[str, Any])
     with connection.cursor() as cursor:
         cursor.execute(sql, [*values.values(), pk, *guard.values()])
         return cursor.rowcount == 1
+
+
+@lru_cache(maxsize=256)
+def _report_sql(columns: tuple[str, ...], asynchronous: bool) -> tuple[str, tuple[str, ...]]:
+    """The one statement of a state report that leaves the status as it is (see store_report)."""
+    names: list[str] = []
+    sets = []
+    for name in columns:
+        sets.append(f"{_column(name)} = %s")
+        names.append(name)
+    if "update_status" in columns:
+        # "Update status since" moves only when the value changes, compared on the row being written.
+        sets.append(
+            f"{_column('update_status_changed_at')} = CASE WHEN d.{_column('update_status')} IS DISTINCT FROM "
+            f"CAST(%s AS {Device._meta.get_field('update_status').db_type(connection)}) "
+            f"THEN %s ELSE d.{_column('update_status_changed_at')} END"
+        )
+        names += ["update_status", " at"]
+    status, status_names = _status_of_row_as_written(frozenset(columns))
+    sql = (
+        f"UPDATE {_table(Device)} AS d SET {', '.join(sets)} FROM {_table(Fleet)} AS f "
+        f"WHERE d.{_column('uuid')} = %s AND d.{_column('api_key_hash')} = %s "
+        f"AND f.{_qn(Fleet._meta.pk.column)} = d.{_column('fleet')} AND d.{_column('overall_status')} = {status}"
+        + (" AND set_config('synchronous_commit', 'off', true) = 'off'" if asynchronous else "")
+        + f" RETURNING d.{_column('api_key_hash')}"
+    )
+    return sql, (*names, " uuid", " key_hash", *status_names)
+
+
+def store_report(uuid: str, key_hash: str, changes: Mapping[str, Any], at: datetime) -> str | None:
+    """ONE UPDATE storing a state report if it leaves the device's status as it is; its key hash if it did.
+
+    The row is found by UUID and key hash (the key is compared again in constant time by the
+    caller), and written only where the status rule, applied to the row with the reported values,
+    gives the status the row holds: decided on the row as it is when written (a concurrent change
+    is re-checked by PostgreSQL under the row lock), so no transition can be due. Anything else (an
+    unknown device, a wrong key, a report that changes the status) writes nothing and returns None.
+    PostgreSQL only (None elsewhere, without a query). Outside a transaction block it commits
+    without waiting for the WAL flush, as guarded_update() does and for the same reason.
+    """
+    if not _postgresql():
+        return None
+    sql, names = _report_sql(tuple(changes), not connection.in_atomic_block)
+    values = {**changes, " at": at, " uuid": uuid, " key_hash": key_hash}
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [values[name] for name in names])
+        row = cursor.fetchone()
+    return None if row is None else row[0]
