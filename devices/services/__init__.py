@@ -113,6 +113,7 @@ __all__ = [
     "set_devices_active",
     "set_tunnel",
     "state_report_snapshot",
+    "store_state_report",
     "transition_time",
     "update_device",
     "update_fleet",
