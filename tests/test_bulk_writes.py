@@ -363,3 +363,48 @@ def test_the_plain_report_update_commits_without_waiting_for_the_flush_only_on_i
         changes["cpu_usage"] = 10
         assert services.apply_state_report(services.state_report_snapshot(d.uuid), changes, at=T0) is True
     assert not any("synchronous_commit" in q["sql"] for q in queries.captured_queries)
+
+
+# --- Tunnel events ---------------------------------------------------------------------------------
+
+TUNNEL_STATES = {
+    "is_active": [True, False],
+    "api_heartbeat_state": ["unknown", "online", "offline"],
+    "is_connected_to_vpn": [False, True],
+    # Held by the event's service, by another one, by none.
+    "vpn_service_id": [7, 8, None],
+    "last_connectivity_event": [None, T0 - timedelta(hours=1)],
+    "provisioning_progress": [None, 40],
+    "cloudlink": [(True, None), (False, None)],
+    # The last change before the event, or after it (committed first, stamped later): the
+    # transition is never stamped before it.
+    "status_changed_at": [T0 - timedelta(hours=1), T0 + timedelta(seconds=5)],
+}
+
+
+@db
+@pytest.mark.parametrize("connected", [True, False])
+def test_tunnel_event_statement_equals_the_python_path_for_every_state(org, monkeypatch, connected):
+    fleets = _fleets(org)
+    names = list(TUNNEL_STATES)
+    pairs = []
+    for i, values in enumerate(itertools.product(*TUNNEL_STATES.values())):
+        state = dict(zip(names, values, strict=True))
+        pairs.append(tuple(_device(fleets, f"{side}{i}", dict(state)) for side in "ab"))
+    for a, b in pairs:
+        for d in (a, b):
+            d.activated_at = None if not d.is_active else T0 - timedelta(days=1)
+    Device.objects.bulk_create([d for pair in pairs for d in pair], batch_size=2000)
+    a_result = services.set_tunnel([a.uuid for a, _ in pairs] + ["f" * 32], connected, 7, at=T0)
+    monkeypatch.setattr("devices.services.tunnel.tunnel_event", lambda *args: None)
+    b_result = services.set_tunnel([b.uuid for _, b in pairs], connected, 7, at=T0)
+    assert a_result == b_result
+    assert a_result.matched == (len(pairs) if connected else len(pairs) // 3)
+    assert 0 < a_result.transitions < a_result.matched
+    assert a_result.reactivated == (len(pairs) // 2 if connected else 0)
+    rows, history = _by_name()
+    for a, b in pairs:
+        assert rows[a.name] == rows[b.name], a.name
+        assert history[a.name] == history[b.name], a.name
+    stale = with_computed_status(Device.objects.all()).exclude(overall_status=F("computed_status"))
+    assert not stale.exists()
