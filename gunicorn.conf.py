@@ -27,3 +27,11 @@ threads = _int("FLEETSTATUS_WEB_THREADS", 4)
 # Seconds an idle keep-alive connection stays open (gunicorn's default is 2).
 keepalive = _int("FLEETSTATUS_WEB_KEEPALIVE", 30)
 backlog = 2048
+# A gthread worker keeps every connection it accepts for as long as the client keeps it alive. On
+# one shared listening socket the worker that happens to run when connections arrive takes them
+# all, and a few long-lived connections (a proxy's upstream pool, a load generator) then load one
+# process while the others idle. With reuse_port each worker listens on its own socket and the
+# kernel spreads new connections over them. Two servers of the same user can then bind the same
+# port without an error, and connections queued on a worker that dies are reset: set
+# FLEETSTATUS_WEB_REUSE_PORT=0 to go back to one shared socket.
+reuse_port = os.environ.get("FLEETSTATUS_WEB_REUSE_PORT", "1").strip().lower() not in ("0", "false", "no", "off")

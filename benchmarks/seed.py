@@ -90,7 +90,6 @@ __all__ = [
 
 META_TABLE = "bench_meta"
 OPERATOR = "bench-operator"
-SMALL_SCHEMA = "bench_p6_small"
 SEED_WORKERS = int(os.environ.get("FLEETSTATUS_BENCH_SEED_WORKERS", "2"))
 
 

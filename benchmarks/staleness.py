@@ -8,22 +8,20 @@ back exactly as they were (state, status, deadline; the transitions the run wrot
 the store is warmed again, so every run sees the same work.
 
 "The same 10,000 among 100,000 devices" is measured in a second installation inside the same
-database: schema bench_p6_small holds bench-large alone (same UUIDs, ids and signals), seeded
-once by the same generator and reused while the main seed is unchanged.
+database (benchmarks/installations.py): a schema that holds bench-large alone (same UUIDs, ids
+and signals), seeded once by the same generator and reused while the main seed is unchanged.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any
 
-from django.core.management import call_command
 from django.db import connection
 
-from benchmarks import seed, warm
+from benchmarks import installations, warm
 from benchmarks.context import Context
 from benchmarks.pages import profile_call
 from benchmarks.report import NotAvailable, Row, median, ms
@@ -39,41 +37,6 @@ def _run_sweep():
     except ImportError as exc:
         raise NotAvailable("devices.sweep.run_sweep is missing") from exc
     return run_sweep
-
-
-@contextmanager
-def search_path(schema: str) -> Iterator[None]:
-    """Point this process's connection at another schema of the bench database (one installation each)."""
-    with connection.cursor() as cur:
-        cur.execute("SHOW search_path")
-        (previous,) = cur.fetchone()
-        cur.execute(f'CREATE SCHEMA IF NOT EXISTS "{schema}"')
-        cur.execute(f'SET search_path TO "{schema}"')
-    try:
-        yield
-    finally:
-        with connection.cursor() as cur:
-            cur.execute(f"SET search_path TO {previous}")
-
-
-def _current_schema() -> str:
-    with connection.cursor() as cur:
-        cur.execute("SELECT current_schema()")
-        return cur.fetchone()[0]
-
-
-def ensure_small_installation(ctx: Context) -> None:
-    """bench_p6_small: migrated, and seeded with bench-large alone at the main seed's time."""
-    call_command("migrate", verbosity=0, interactive=False)
-    small = seed.get_meta("seed", {})
-    if small.get("seeded_at") == ctx.meta["seeded_at"] and small.get("plan") == ctx.plan.name:
-        ctx.log(f"   reusing schema {seed.SMALL_SCHEMA} ({Device.objects.count():,} devices)")
-        return
-    ctx.log(f"   seeding schema {seed.SMALL_SCHEMA} with bench-large alone")
-    made = seed.seed(ctx.plan, log=ctx.log, org_subset=[0], now=datetime.fromisoformat(ctx.meta["seeded_at"]))
-    if made["p6_due_ids"] != ctx.meta["p6_due_ids"]:
-        raise AssertionError("the 100k installation did not get the same due devices as the 1M one")
-    seed.set_meta("seed", made)
 
 
 def _snapshot(ids: list[int]) -> list[tuple]:
@@ -131,9 +94,12 @@ def measure(
     pending_fetches: int = 0,
     profile: str = "",
     warm_first: bool = True,
+    sweep: Callable[[datetime], dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
-    """Median time of run_sweep(now) with exactly len(ids) due devices; the rows are restored after."""
-    run_sweep = _run_sweep()
+    """Median time of run_sweep(now) with exactly len(ids) due devices; the rows are restored after.
+
+    sweep: what runs the sweep instead of run_sweep in this process (P13: Celery workers)."""
+    run_sweep = sweep or _run_sweep()
     heartbeats, hb = warm.store()
     already = _due(now)
     if already:
@@ -212,10 +178,9 @@ def p6(ctx: Context) -> list[Row]:
     total = ctx.plan.total_devices
     small_n = ctx.meta["orgs"]["bench-large"]["devices"]
 
-    with search_path(seed.SMALL_SCHEMA):
-        ensure_small_installation(ctx)
-        if _current_schema() != seed.SMALL_SCHEMA:
-            raise AssertionError("lost the search_path of the small installation")
+    with installations.installation(ctx, small_n) as small_meta:
+        if small_meta["p6_due_ids"] != ids:
+            raise AssertionError("the 100k installation did not get the same due devices as the 1M one")
         small = measure(ctx, ids, now, runs)
     ctx.log(f"   {len(ids):,} due among {small_n:,}: {ms(small['median'])} (runs {small['runs_s']} s)")
 

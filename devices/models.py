@@ -117,7 +117,7 @@ class Device(models.Model):
             models.Index(fields=["organization", "name"], name="dev_org_name"),
             models.Index(fields=["organization", "last_seen_at"], name="dev_org_last_seen"),
             # A status filter sorted by last seen, oldest first; newest first (DESC NULLS LAST) has
-            # its own PostgreSQL-only index (migration 0009), as for last seen alone.
+            # its own PostgreSQL-only index (migration 0010), as for last seen alone.
             models.Index(fields=["organization", "overall_status", "last_seen_at"], name="dev_org_status_seen"),
             # "Last seen, newest first" (DESC NULLS LAST) has its own PostgreSQL-only index,
             # created in migration 0002 outside the model state (SQLite cannot index NULLS LAST).
@@ -137,7 +137,7 @@ class Device(models.Model):
             models.Index(fields=["organization", "update_status", "name"], name="dev_org_update_status_name"),
             models.Index(fields=["organization", "update_status_changed_at"], name="dev_org_update_since"),
             # No index for the search: it reads DeviceSearch, whose rows only change with the
-            # searched columns, so device writes no longer pay for trigram indexes (migration 0009).
+            # searched columns, so device writes no longer pay for trigram indexes (migration 0010).
             models.Index(fields=["fleet", "overall_status"], name="dev_fleet_status"),
             models.Index(fields=["api_key_hash"], name="dev_api_key_hash"),
             models.Index(fields=["fleet", "name"], name="dev_fleet_name"),
@@ -212,7 +212,7 @@ class DeviceSearch(models.Model):
 
     class Meta:
         # PostgreSQL-only indexes (trigram GIN for name and IP contains, the UUID prefix) are made
-        # by migration 0009 outside the model state.
+        # by migration 0010 outside the model state.
         indexes = [models.Index(fields=["organization_id", "device_id"], name="devsearch_org_device")]
 
     def __str__(self) -> str:
@@ -320,3 +320,20 @@ class SavedView(models.Model):
 
     def __str__(self) -> str:
         return f"{self.name} ({self.organization.slug})"
+
+
+class ColumnChoice(models.Model):
+    """The optional columns a user chose for the Devices page (column keys, comma-separated).
+
+    No row: the default columns. The page reads it in the query that loads the user's
+    organizations (devices.queries.user_organizations), so it costs the page no query of its own.
+    """
+
+    user = models.OneToOneField(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, primary_key=True, related_name="device_columns"
+    )
+    columns = models.CharField(max_length=300, blank=True, default="")
+    updated_at = models.DateTimeField(auto_now=True)
+
+    def __str__(self) -> str:
+        return f"{self.user_id}: {self.columns or '(none)'}"

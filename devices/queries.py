@@ -15,11 +15,11 @@ from dataclasses import dataclass, field
 
 from django.core.exceptions import ValidationError
 from django.core.paginator import Page, Paginator
-from django.db.models import Count, F, Q, QuerySet, Value
+from django.db.models import Count, F, Q, QuerySet, Subquery, Value
 from django.db.models.functions import Upper
 from django.http import HttpRequest, QueryDict
 
-from devices.models import TAG_KEY_REGEX, Device, DeviceSearch, DeviceTag, validate_tag_value
+from devices.models import TAG_KEY_REGEX, ColumnChoice, Device, DeviceSearch, DeviceTag, validate_tag_value
 from devices.status import Status, UpdateStatus
 from fleets import counts as kept_counts
 from fleets.models import Fleet, Membership, Organization
@@ -36,7 +36,7 @@ MAX_TAG_FILTERS = 10
 # order is total and a page boundary never shows a device twice or skips one. Every sort has an index
 # that yields the page in order: (organization, field[, name]) on devices, and for the fleet sort
 # (organization, name) on fleets (devices/models.py, migration 0005; order_devices). A status
-# filter sorted by last seen has (organization, status, last seen) in both directions (0009).
+# filter sorted by last seen has (organization, status, last seen) in both directions (0010).
 SORTS: dict[str, tuple[str, tuple[str, ...]]] = {
     "name": ("Name", ("name",)),
     "status": ("Status", ("overall_status", "name")),
@@ -58,6 +58,20 @@ DEFAULT_SORT = "name"
 NULLABLE_SORT_FIELDS = {"last_seen_at", "update_status_changed_at"}
 # (update_status is NULL until a device reports one; it sorts as PostgreSQL puts NULLs, last
 # ascending and first descending, so that one (organization, update_status, name) index serves both.)
+
+# The Devices table's columns in their order (key -> label): the sortable ones, and Tags (not
+# sortable) right after the fleet, the two ways a fleet is sliced side by side. Name and Status are
+# always shown; users choose among the others (?cols=, or their own choice kept by devices/columns.py).
+COLUMNS: dict[str, str] = {}
+for _key, (_label, _) in SORTS.items():
+    COLUMNS[_key] = _label
+    if _key == "fleet":
+        COLUMNS["tags"] = "Tags"
+FIXED_COLUMNS: tuple[str, ...] = ("name", "status")
+OPTIONAL_COLUMNS: tuple[str, ...] = tuple(k for k in COLUMNS if k not in FIXED_COLUMNS)
+# Without a choice: what tells an operator what is wrong, within a 1,280 px window with no horizontal
+# scrolling (checked in a browser: tests/e2e, the columns journey).
+DEFAULT_COLUMNS: tuple[str, ...] = ("fleet", "tags", "release", "last_seen", "heartbeat", "cloudlink")
 
 # The columns the Devices table shows (and the badge reads): loading the other ~40 of every row
 # would cost more than rendering it.
@@ -108,14 +122,34 @@ def user_organizations(request: HttpRequest) -> list[Organization]:
         if not user.is_authenticated:
             cached = []
         else:
-            # member_role (the user's role there) lets pages check ownership without another query.
+            # member_role (the user's role there) lets pages check ownership without another query;
+            # device_columns (the user's own, the same on every row) gives the Devices page the
+            # user's column choice without a query of its own.
             cached = list(
                 Organization.objects.filter(memberships__user=user)
-                .annotate(member_role=F("memberships__role"))
+                .annotate(
+                    member_role=F("memberships__role"),
+                    device_columns=Subquery(ColumnChoice.objects.filter(user=user).values("columns")[:1]),
+                )
                 .order_by("name", "pk")
             )
         request._fleetstatus_organizations = cached
     return cached
+
+
+def user_columns(request: HttpRequest) -> tuple[str, ...]:
+    """The optional Devices columns the logged-in user chose (DEFAULT_COLUMNS when none), read with
+    the user's organizations; only a user of no organization costs a query of its own."""
+    organizations = user_organizations(request)
+    if organizations:
+        stored = organizations[0].device_columns
+    else:
+        stored = ColumnChoice.objects.filter(user=request.user).values_list("columns", flat=True).first()
+    if stored is None:
+        return DEFAULT_COLUMNS
+    # Read leniently: a column a later version no longer has is simply not shown.
+    keys = set(stored.split(","))
+    return tuple(k for k in OPTIONAL_COLUMNS if k in keys)
 
 
 def owned_organizations(request: HttpRequest) -> list[Organization]:
@@ -151,10 +185,17 @@ class DeviceQuery:
     # A well-formed fleet slug that is not among the user's organizations: the page answers 404
     # (whether the fleet exists elsewhere or nowhere, so the answer reveals nothing).
     fleet_not_found: bool = False
+    # The optional columns ?cols= names, in table order; None when the URL names none (the user's
+    # own choice applies then).
+    columns: tuple[str, ...] | None = None
 
     @property
     def sort_param(self) -> str:
         return f"-{self.sort}" if self.descending else self.sort
+
+    @property
+    def cols_param(self) -> str:
+        return ",".join(self.columns or ())
 
     @property
     def fleet(self) -> Fleet | None:
@@ -231,6 +272,12 @@ def parse_device_query(params: QueryDict | Mapping, organizations: list[Organiza
                 f"Cannot sort by {sort[:40]!r}; sorted by name. Sortable: {', '.join(SORTS)} (prefix - for descending)."
             )
 
+    cols_values = getlist("cols")
+    if cols_values:
+        query.columns, notice = parse_columns(cols_values)
+        if notice:
+            query.notices.append(notice)
+
     page_values = getlist("page")
     number, notice = parse_page_number(page_values[-1] if page_values else "")
     if number is not None:
@@ -238,6 +285,23 @@ def parse_device_query(params: QueryDict | Mapping, organizations: list[Organiza
     elif notice:
         query.notices.append(notice)
     return query
+
+
+def parse_columns(values: list[str]) -> tuple[tuple[str, ...] | None, str | None]:
+    """?cols= values (comma-separated, the parameter may repeat) -> the optional columns they name,
+    in table order, and a notice naming what was ignored. Naming Name or Status is allowed (they are
+    always shown); `cols=` alone means no optional column. A value naming no column at all is
+    ignored whole (None): the user's own columns apply."""
+    keys = [k.strip() for value in values for k in value.split(",") if k.strip()]
+    unknown = [k for k in keys if k not in COLUMNS]
+    chosen = tuple(k for k in OPTIONAL_COLUMNS if k in keys)
+    if not unknown:
+        return chosen, None
+    named = ", ".join(repr(k[:40]) for k in unknown[:5]) + (", …" if len(unknown) > 5 else "")
+    known = f"Columns: {', '.join(OPTIONAL_COLUMNS)} (Name and Status are always shown)."
+    if len(unknown) == len(keys):
+        return None, f"Unknown column {named} ignored; showing your columns. {known}"
+    return chosen, f"Unknown column {named} ignored. {known}"
 
 
 def _parse_tags(query: DeviceQuery, values: list[str]) -> None:

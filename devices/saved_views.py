@@ -31,7 +31,8 @@ QUERY_MAX = SavedView._meta.get_field("query").max_length
 
 
 def query_string(query: DeviceQuery) -> str:
-    """The Devices page URL's query for a validated query: filters and sort, never the page number."""
+    """The Devices page URL's query for a validated query: filters, sort and the columns the URL
+    names (none: the viewer's own), never the page number."""
     params: list[tuple[str, str]] = [("status", s) for s in query.statuses]
     if query.fleet_param:
         params.append(("fleet", query.fleet_param))
@@ -41,7 +42,9 @@ def query_string(query: DeviceQuery) -> str:
     params += [("update_status", u) for u in query.update_statuses]
     if query.sort_param != DEFAULT_SORT:
         params.append(("sort", query.sort_param))
-    return urlencode(params)
+    if query.columns is not None:
+        params.append(("cols", query.cols_param))
+    return urlencode(params, safe=",")
 
 
 def menu(user, organizations: list[Organization]) -> QuerySet[SavedView]:

@@ -57,6 +57,23 @@ POST_PROVISIONING_STATE = "Post-Provisioning"
 
 
 Test = Callable[[Mapping[str, Any]], bool]
+# For Cond.sql: (SQL fragment of a signal, or "%s" with the signal bound as a parameter).
+Source = Callable[[str], str]
+
+
+def _literal(value: Any) -> str:
+    """A rule constant (a slug or a flag, written in this module) as an SQL literal."""
+    if isinstance(value, bool):
+        return "TRUE" if value else "FALSE"
+    if isinstance(value, str):
+        return "'" + value.replace("'", "''").replace("%", "%%") + "'"
+    raise TypeError(f"no SQL literal for {value!r}")
+
+
+def _fragment(source: Source, signal: str, params: list[str]) -> str:
+    fragment = source(signal)
+    params.extend([signal] * fragment.count("%s"))
+    return fragment
 
 
 class Cond:
@@ -69,6 +86,13 @@ class Cond:
         raise NotImplementedError
 
     def q(self) -> Q:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def sql(self, source: Source, params: list[str]) -> str:  # pragma: no cover - abstract
+        """The same test as SQL text over source(signal) fragments; never NULL (two-valued, as in Python).
+
+        Appends to params the signal of every %s placeholder that source() put in the text.
+        """
         raise NotImplementedError
 
     def __and__(self, other: Cond) -> Cond:
@@ -104,6 +128,12 @@ class Is(Cond):
         lookup = "in" if isinstance(self.value, tuple) else "exact"
         return Q(**{f"{self.signal}__{lookup}": self.value})
 
+    def sql(self, source: Source, params: list[str]) -> str:
+        actual = _fragment(source, self.signal, params)
+        if isinstance(self.value, tuple):
+            return f"COALESCE({actual} IN ({', '.join(_literal(v) for v in self.value)}), FALSE)"
+        return f"COALESCE({actual} = {_literal(self.value)}, FALSE)"
+
 
 @dataclass(frozen=True)
 class IsNull(Cond):
@@ -118,6 +148,9 @@ class IsNull(Cond):
 
     def q(self) -> Q:
         return Q(**{f"{self.signal}__isnull": True})
+
+    def sql(self, source: Source, params: list[str]) -> str:
+        return f"({_fragment(source, self.signal, params)} IS NULL)"
 
 
 @dataclass(frozen=True)
@@ -135,6 +168,9 @@ class Not(Cond):
 
     def q(self) -> Q:
         return ~self.inner.q()
+
+    def sql(self, source: Source, params: list[str]) -> str:
+        return f"(NOT {self.inner.sql(source, params)})"
 
 
 @dataclass(frozen=True)
@@ -161,6 +197,9 @@ class All(Cond):
             q &= p.q()
         return q
 
+    def sql(self, source: Source, params: list[str]) -> str:
+        return "(" + " AND ".join(p.sql(source, params) for p in self.parts) + ")"
+
 
 @dataclass(frozen=True)
 class AnyOf(Cond):
@@ -185,6 +224,9 @@ class AnyOf(Cond):
         for p in self.parts:
             q |= p.q()
         return q
+
+    def sql(self, source: Source, params: list[str]) -> str:
+        return "(" + " OR ".join(p.sql(source, params) for p in self.parts) + ")"
 
 
 # --- The table (docs/design.md, Statuses), first match wins ----------------------------------
@@ -271,6 +313,19 @@ def status_expression() -> Case:
         default=Value(DEFAULT_STATUS.value),
         output_field=models.CharField(),
     )
+
+
+def status_sql(source: Source) -> tuple[str, tuple[str, ...]]:
+    """The same rule as one SQL CASE in text, for the statements of devices/services/sql.py.
+
+    source(signal) gives each signal's SQL: a column, or "%s" where the statement binds a value it
+    is about to write (a report's or a tunnel event's), so the status is decided on the row as it
+    will be, inside the statement that writes it. Returns the text and the signal of each %s in
+    order. Every condition is two-valued as in Python, so a NULL decides nothing by accident.
+    """
+    params: list[str] = []
+    whens = " ".join(f"WHEN {cond.sql(source, params)} THEN {_literal(status.value)}" for status, cond in RULES)
+    return f"CASE {whens} ELSE {_literal(DEFAULT_STATUS.value)} END", tuple(params)
 
 
 def with_computed_status(queryset: models.QuerySet, name: str = "computed_status") -> models.QuerySet:

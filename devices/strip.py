@@ -105,33 +105,38 @@ def strips(device: Device, now: datetime, current_status: str | None = None) -> 
 
 def _strip(key: str, label: str, timeline: list[tuple[str, datetime]], start: datetime, end: datetime) -> Strip:
     window = end - start
-    segments: list[Segment] = []
+    # (status, since, until) runs of equal status clipped to the window; plain tuples, and the
+    # Segment objects only for what is drawn (a flapping week is hundreds of runs).
+    runs: list[list] = []
     for n, (status, since) in enumerate(timeline):
         until = timeline[n + 1][1] if n + 1 < len(timeline) else end
         since, until = max(since, start), min(until, end)
         if until <= since:
             continue
-        if segments and segments[-1].status == status:
-            segments[-1].end = until
+        if runs and runs[-1][0] == status:
+            runs[-1][2] = until
         else:
-            segments.append(Segment(status, since, until, window))
-    return Strip(key, label, start, end, _merge_narrow(segments))
+            runs.append([status, since, until])
+    return Strip(key, label, start, end, _merge_narrow(runs, window))
 
 
-def _merge_narrow(segments: list[Segment]) -> list[Segment]:
+def _merge_narrow(runs: list[list], window: timedelta) -> list[Segment]:
     """Runs of two or more narrow segments become one "several changes" segment; a lone narrow
     one keeps its status (the strip draws it at least a pixel wide)."""
+    narrow = window * (MIN_PERCENT / 100)
     merged: list[Segment] = []
-    run: list[Segment] = []
-    for segment in [*segments, None]:
-        if segment is not None and segment.percent < MIN_PERCENT:
-            run.append(segment)
+    run: list[tuple[datetime, datetime]] = []  # (start, end) of consecutive narrow runs
+    lone_status = ""
+    for item in [*runs, None]:
+        if item is not None and item[2] - item[1] < narrow:
+            run.append((item[1], item[2]))
+            lone_status = item[0]
             continue
         if len(run) == 1:
-            merged.append(run[0])
+            merged.append(Segment(lone_status, run[0][0], run[0][1], window))
         elif run:
-            merged.append(Segment(OTHER, run[0].start, run[-1].end, run[0].window, sum(r.changes for r in run)))
+            merged.append(Segment(OTHER, run[0][0], run[-1][1], window, len(run)))
         run = []
-        if segment is not None:
-            merged.append(segment)
+        if item is not None:
+            merged.append(Segment(item[0], item[1], item[2], window))
     return merged

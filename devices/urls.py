@@ -1,12 +1,13 @@
 from django.urls import path, re_path
 
-from devices import saved_views, views
+from devices import columns, saved_views, views
 
 app_name = "devices"
 
 urlpatterns = [
     path("", views.device_list, name="list"),
     path("export.csv", views.device_export, name="export"),
+    path("columns/", columns.choose_columns, name="columns"),
     path("views/", saved_views.save_view, name="view-save"),
     path("views/<int:pk>/rename/", saved_views.rename_view, name="view-rename"),
     path("views/<int:pk>/delete/", saved_views.delete_view, name="view-delete"),

@@ -8,6 +8,7 @@ band). Nothing here decides a status: the stored `overall_status` is what every 
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
@@ -25,6 +26,9 @@ from django.views.decorators.http import require_safe
 
 from devices import saved_views, status_names
 from devices.queries import (
+    COLUMNS,
+    FIXED_COLUMNS,
+    OPTIONAL_COLUMNS,
     ROW_FIELDS,
     SORTS,
     STATUS_SLUGS,
@@ -35,6 +39,7 @@ from devices.queries import (
     paginate,
     parse_device_query,
     scoped_devices,
+    user_columns,
     user_organizations,
 )
 from devices.status import Status
@@ -107,26 +112,30 @@ def device_list(request: HttpRequest) -> HttpResponse:
         .only(*ROW_FIELDS)
     )
     page, page_notice = paginate(rows, total, query)
-    # The page's tags in one query for all its rows, never one per row.
+    # ?cols= in the URL (a shared link, a saved view) wins over the user's own choice.
+    chosen = query.columns if query.columns is not None else user_columns(request)
+    shown = frozenset((*FIXED_COLUMNS, *chosen))
     page.object_list = list(page.object_list)
-    tags = device_tags(d.pk for d in page.object_list)
-    for device in page.object_list:
-        device.tag_map = tags.get(device.pk, {})
+    if "tags" in shown:
+        # The page's tags in one query for all its rows, never one per row; none when not shown.
+        tags = device_tags(d.pk for d in page.object_list)
+        for device in page.object_list:
+            device.tag_map = tags.get(device.pk, {})
     notices = list(query.notices) + ([page_notice] if page_notice else [])
 
     columns = []
-    for key, (label, _) in SORTS.items():
+    for key, label in COLUMNS.items():
+        if key not in shown:
+            continue
         active = key == query.sort
         columns.append(
             {
                 "key": key,
                 "label": label,
-                "next": f"-{key}" if active and not query.descending else key,
+                "next": "" if key not in SORTS else f"-{key}" if active and not query.descending else key,
                 "aria_sort": ("descending" if query.descending else "ascending") if active else "",
             }
         )
-    # Tags, not sortable, right after the fleet: the two ways a fleet is sliced, side by side.
-    columns.insert(list(SORTS).index("fleet") + 1, {"key": "tags", "label": "Tags", "next": "", "aria_sort": ""})
     context = {
         "page_name": "Devices",
         "now": now,
@@ -146,6 +155,14 @@ def device_list(request: HttpRequest) -> HttpResponse:
         "page": page,
         "page_range": list(page.paginator.get_elided_page_range(page.number, on_each_side=2, on_ends=1)),
         "columns": columns,
+        "shown_columns": shown,
+        # The chooser (full page only): the optional columns, ticked as shown.
+        "column_choices": [{"key": k, "label": COLUMNS[k], "checked": k in shown} for k in OPTIONAL_COLUMNS],
+        "columns_from_url": query.columns is not None,
+        # The view without ?cols=, which the chooser returns to; and with the columns shown, which
+        # "Save view" stores, so a saved view opens with the columns it was saved with.
+        "view_query_without_columns": saved_views.query_string(dataclasses.replace(query, columns=None)),
+        "view_query": saved_views.query_string(dataclasses.replace(query, columns=tuple(chosen))),
         "sort_label": SORTS[query.sort][0],
         "notices": notices,
         "filtered": bool(query.statuses or query.fleets or query.narrowed),
@@ -176,6 +193,8 @@ def _fleet_link(request: HttpRequest) -> str:
 def _export_query(request: HttpRequest) -> str:
     params = request.GET.copy()
     params.pop("page", None)
+    # The CSV has its own fixed columns (device_export): the table's choice does not apply to it.
+    params.pop("cols", None)
     return params.urlencode()
 
 

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from urllib.parse import urlencode
 
+from django.db.models import OuterRef, Q, Subquery
 from django.http import Http404, HttpRequest, HttpResponse
 from django.urls import reverse
 from django.utils import timezone
@@ -21,8 +22,9 @@ from devices.views import dashboard_view, render_page
 from fleets import history
 from fleets.counts import status_counts
 from fleets.history import STATUS_SLUGS, Point
-from fleets.models import Fleet
+from fleets.models import Fleet, Membership
 from fleets.views import segments
+from notifications.models import Channel
 
 # URL value -> (label, span, width of one chart column). About a hundred columns: 7 px each on the
 # page, and a table a screen-reader user can still go through.
@@ -32,7 +34,8 @@ RANGES: dict[str, tuple[str, timedelta, timedelta]] = {
     "30d": ("30 days", timedelta(days=30), timedelta(hours=6)),
 }
 DEFAULT_RANGE = "24h"
-# An incident: the share of active (not Inactive) devices that are not Online is above this.
+# An incident: the share of active (not Inactive) devices that are not Online is above this, unless
+# a notification channel covering the fleet sets a fleet threshold (incident_threshold).
 INCIDENT_SHARE = 0.10
 CHART_WIDTH = 720
 CHART_HEIGHT = 200
@@ -114,6 +117,28 @@ def incidents(
     return found
 
 
+def with_incident_threshold(fleets):
+    """Annotate fleets with the lowest fleet threshold (percent) of their organization's enabled
+    notification channels that cover them (the whole organization, or chosen fleets among them this
+    one), and that channel's name: None when no channel sets one. Subqueries of the fleet's own
+    query, so the page runs no query for it."""
+    covering = (
+        Channel.objects.filter(organization_id=OuterRef("organization_id"), enabled=True, fleet_threshold__isnull=False)
+        .filter(Q(fleets=OuterRef("pk")) | Q(fleets__isnull=True))
+        .order_by("fleet_threshold", "name")
+    )
+    return fleets.annotate(
+        channel_threshold=Subquery(covering.values("fleet_threshold")[:1]),
+        channel_threshold_name=Subquery(covering.values("name")[:1]),
+    )
+
+
+def incident_threshold(fleet: Fleet) -> float:
+    """The share above which a period is an incident: the covering channel's threshold, else 10 %."""
+    percent = getattr(fleet, "channel_threshold", None)
+    return INCIDENT_SHARE if percent is None else percent / 100
+
+
 def chart(cols: list[Column], statuses: list[str]) -> dict:
     """SVG geometry: one polygon per status (stacked in the badge order) and, per column, its hover
     target, its title and its table row. Dates and numbers are formatted here, once per column:
@@ -177,7 +202,7 @@ def fleet_detail(request: HttpRequest, org_slug: str, fleet_slug: str) -> HttpRe
     organization = next((o for o in user_organizations(request) if o.slug == org_slug), None)
     if organization is None:
         raise Http404("No such fleet in your organizations.")
-    fleet = Fleet.objects.filter(organization=organization, slug=fleet_slug).first()
+    fleet = with_incident_threshold(Fleet.objects.filter(organization=organization, slug=fleet_slug)).first()
     if fleet is None:
         raise Http404("No such fleet in your organizations.")
     status_names.focus(organization.pk)
@@ -199,6 +224,7 @@ def fleet_detail(request: HttpRequest, org_slug: str, fleet_slug: str) -> HttpRe
     shown = [s for s in STATUS_SLUGS if counts[s] or any(c.counts[s] for c in cols)]
     devices_url = f"{reverse('devices:list')}?{urlencode({'fleet': f'{organization.slug}/{fleet.slug}'}, safe='/')}"
     total = sum(counts.values())
+    threshold = incident_threshold(fleet)
     context = {
         "page_name": fleet.name,
         "now": now,
@@ -212,8 +238,11 @@ def fleet_detail(request: HttpRequest, org_slug: str, fleet_slug: str) -> HttpRe
         "range_links": [{"key": k, "label": v[0], "selected": k == range_key} for k, v in RANGES.items()],
         "chart": chart(cols, shown),
         "table_statuses": [{"slug": s, "label": status_names.label(s)} for s in shown],
-        "incidents": incidents(history.periods(fleet.pk, start, now, INCIDENT_SHARE), start, now_point),
-        "incident_percent": round(100 * INCIDENT_SHARE),
+        "incidents": incidents(history.periods(fleet.pk, start, now, threshold), start, now_point, threshold),
+        "incident_percent": round(100 * threshold),
+        "incident_from_channel": fleet.channel_threshold is not None,
+        # Channels are the owners' (the Notifications page): members learn the threshold, not the name.
+        "incident_channel": fleet.channel_threshold_name if organization.member_role == Membership.Role.OWNER else "",
         "notices": notices,
     }
     return render_page(request, "fleets/detail.html", "fleets/_detail_live.html", context)

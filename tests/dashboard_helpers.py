@@ -10,9 +10,15 @@ from html import unescape
 from django.utils import timezone
 
 from devices import services
-from devices.models import Device, heartbeat_window
+from devices.models import ColumnChoice, Device, heartbeat_window
+from devices.queries import OPTIONAL_COLUMNS
 from devices.status import HeartbeatState, Status, UpdateStatus
 from fleets.models import Fleet, Tier
+
+
+def show_every_column(user) -> None:
+    """The user's own column choice: every column of the Devices table."""
+    ColumnChoice.objects.update_or_create(user=user, defaults={"columns": ",".join(OPTIONAL_COLUMNS)})
 
 
 def signals_for(status: str, now: datetime, interval: int = 600) -> dict:

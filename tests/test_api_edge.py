@@ -59,3 +59,39 @@ def test_the_device_api_below_the_site_root_is_refused(settings):
     settings.ROOT_URLCONF = __name__
     with pytest.raises(ImproperlyConfigured, match="site root"):
         EdgeWSGI(lambda environ, start_response: [])
+
+
+@pytest.mark.django_db
+def test_a_report_through_the_edge_answers_as_the_full_stack_without_running_the_header_middleware(
+    client, make_device, monkeypatch
+):
+    from csp.middleware import CSPMiddleware
+    from django.middleware.security import SecurityMiddleware
+
+    from tests.apiutil import WsgiClient, send
+
+    device = make_device()
+    wsgi = WsgiClient()
+    body = {device.uuid: {"status": "Idle", "cpu_usage": 3}}
+    full = send(client, "PATCH", "/device/v3/state", body, key=device.api_key)
+    bad = send(client, "PATCH", "/device/v3/state", {device.uuid: {"cpu_usage": "hot"}}, key=device.api_key)
+    send(wsgi, "PATCH", "/device/v3/state", body, key=device.api_key)  # the headers' template, once
+
+    def ran(*args, **kwargs):
+        raise AssertionError("a header middleware ran for a report through the edge")
+
+    monkeypatch.setattr(CSPMiddleware, "process_response", ran)
+    monkeypatch.setattr(SecurityMiddleware, "process_response", ran)
+    edge = send(wsgi, "PATCH", "/device/v3/state", body, key=device.api_key)
+    edge_bad = send(wsgi, "PATCH", "/device/v3/state", {device.uuid: {"cpu_usage": "hot"}}, key=device.api_key)
+    unauthenticated = send(wsgi, "PATCH", "/device/v3/state", body, key="0" * 64)
+    assert (edge.status_code, edge.json()) == (full.status_code, full.json()) == (200, {})
+    assert (edge_bad.status_code, edge_bad.json()) == (bad.status_code, bad.json())
+    assert edge_bad.json()["field"] == "cpu_usage"
+    assert unauthenticated.status_code == 401 and unauthenticated["WWW-Authenticate"].startswith("Bearer")
+    for response in (edge, edge_bad, unauthenticated):
+        for name in ("Content-Security-Policy", "X-Frame-Options", "X-Content-Type-Options", "Referrer-Policy"):
+            assert response[name] == full[name], name
+        assert response["Content-Length"] == str(len(response.content))
+    device.refresh_from_db()
+    assert device.cpu_usage == 3

@@ -5,7 +5,8 @@
   per-row path it replaced (services._apply_locked on locked models), for every combination of
   status inputs a device with an online heartbeat can have, with its last change before and after
   its deadline.
-- State reports (services.apply_state_report: one guarded UPDATE when the status cannot change)
+- State reports (services.store_state_report: one UPDATE where the status stays, else
+  services.apply_state_report: a read, then one guarded UPDATE when the status cannot change)
   against update_device, for device states x report bodies; a snapshot gone stale takes the
   locked path; the query count of a steady report is pinned.
 """
@@ -27,6 +28,7 @@ from devices.api import parsing as reports
 from devices.models import Device, StatusTransition
 from devices.services.changes import apply_locked, lock
 from devices.status import HeartbeatState, Status, compute_status, compute_status_interpreted, with_computed_status
+from fleets.keys import hash_key
 from fleets.models import Fleet
 from tests.apiutil import send
 from tests.test_status_rule import all_combinations
@@ -223,29 +225,53 @@ def _state_combinations():
     yield {"is_frozen": True, "api_heartbeat_state": "online"}
 
 
+REPORT_KEY = "k" * 64
+
+
 @db
 def test_state_report_equals_update_device_for_every_state_and_report(org):
+    """a: the view's path (one statement, else the snapshot path); b: update_device; c: the snapshot
+    path alone (SQLite's, and PostgreSQL's when the one statement declined)."""
     fleets = _fleets(org)
     cases = []
     for i, (state, (body_name, body)) in enumerate(itertools.product(list(_state_combinations()), REPORTS.items())):
         extra = {"status_changed_at": T0 - timedelta(hours=1), "last_seen_at": T0 - timedelta(minutes=5)}
-        a = _device(fleets, f"a{i}", dict(state), **extra)
+        a = _device(fleets, f"a{i}", dict(state), api_key_hash=hash_key(REPORT_KEY), **extra)
         b = _device(fleets, f"b{i}", dict(state), **extra)
-        cases.append((a, b, body_name, body))
-    Device.objects.bulk_create([d for a, b, _, _ in cases for d in (a, b)], batch_size=2000)
-    plain = 0
-    for a, b, _, body in cases:
+        c = _device(fleets, f"c{i}", dict(state), **extra)
+        cases.append((a, b, c, body_name, body))
+    Device.objects.bulk_create([d for a, b, c, _, _ in cases for d in (a, b, c)], batch_size=2000)
+    one_statement = plain = 0
+    for a, b, c, _, body in cases:
         changes = reports.parse_state_report(body)
         changes.update(last_state_report_at=T0, last_seen_at=T0)
-        plain += services.apply_state_report(services.state_report_snapshot(a.uuid), dict(changes), at=T0)
+        status_stays = compute_status({**a.signals(), **changes}) == a.overall_status
+        stored = services.store_state_report(a.uuid, REPORT_KEY, dict(changes), at=T0)
+        assert stored == (status_stays and connection.vendor == "postgresql"), (a.name, changes)
+        if not stored:
+            services.apply_state_report(services.state_report_snapshot(a.uuid), dict(changes), at=T0)
+        one_statement += stored
         services.update_device(b.pk, dict(changes), reason=services.STATE_REPORTED, at=T0)
-    assert 0 < plain < len(cases)  # both the plain UPDATE and the locked path were exercised
+        plain += services.apply_state_report(services.state_report_snapshot(c.uuid), dict(changes), at=T0)
+    # Both the plain UPDATE and the locked path were exercised (and the one statement, on PostgreSQL).
+    assert 0 < plain < len(cases)
+    assert one_statement == (plain if connection.vendor == "postgresql" else 0)
     rows, history = _by_name()
-    for a, b, body_name, _ in cases:
-        assert rows[a.name] == rows[b.name], (body_name, a.name)
-        assert history[a.name] == history[b.name], (body_name, a.name)
+    for a, b, c, body_name, _ in cases:
+        assert rows[a.name] == rows[b.name] == rows[c.name], (body_name, a.name)
+        assert history[a.name] == history[b.name] == history[c.name], (body_name, a.name)
     stale = with_computed_status(Device.objects.all()).exclude(overall_status=F("computed_status"))
     assert not stale.exists()
+
+
+@db
+def test_the_one_statement_writes_nothing_for_a_wrong_key_or_an_unknown_device(make_device):
+    d = make_device(at=T0 - timedelta(hours=1), api_heartbeat_state=HeartbeatState.ONLINE)
+    before = _row(d.pk)
+    changes = {"cpu_usage": 5, "last_state_report_at": T0, "last_seen_at": T0}
+    assert services.store_state_report(d.uuid, "0" * 64, dict(changes), at=T0) is False
+    assert services.store_state_report("f" * 32, d.api_key, dict(changes), at=T0) is False
+    assert _row(d.pk) == before
 
 
 @db
@@ -276,21 +302,35 @@ def test_a_stale_snapshot_whose_report_changes_the_status_is_decided_under_the_l
 
 
 @db
-def test_steady_report_is_two_queries_and_writes_only_changed_columns(client, make_device):
+def test_steady_report_is_one_statement(client, make_device):
     d = make_device(at=T0 - timedelta(hours=1), api_heartbeat_state=HeartbeatState.ONLINE, status="Idle", cpu_usage=12)
     body = {d.uuid: {"status": "Idle", "cpu_usage": 12, "cpu_temp": 50, "api_secret": "x"}}
     with time_machine.travel(T0, tick=False), CaptureQueriesContext(connection) as queries:
         r = send(client, "PATCH", "/device/v3/state", body, key=d.api_key)
     assert r.status_code == 200 and r.json() == {}
     sqls = [q["sql"] for q in queries.captured_queries]
-    assert len(sqls) == 2, sqls
-    assert sqls[0].startswith("SELECT") and sqls[1].startswith("UPDATE")
-    update = sqls[1].split(" WHERE ")[0]
-    # Unchanged values (status, cpu_usage) are not written; the new temperature and the times are.
-    assert '"cpu_temp"' in update and '"last_seen_at"' in update and '"last_state_report_at"' in update
-    assert '"status"' not in update and '"cpu_usage"' not in update and '"overall_status"' not in update
+    if connection.vendor == "postgresql":
+        # One round trip: found by UUID and key hash, written where the status stays.
+        assert len(sqls) == 1 and sqls[0].startswith("UPDATE"), sqls
+        assert '"overall_status"' not in sqls[0].split(" FROM ")[0]
+    else:
+        # The snapshot path: one read, one guarded UPDATE of the changed columns.
+        assert len(sqls) == 2 and sqls[0].startswith("SELECT") and sqls[1].startswith("UPDATE"), sqls
+        update = sqls[1].split(" WHERE ")[0]
+        assert '"cpu_temp"' in update and '"status"' not in update and '"cpu_usage"' not in update
     d.refresh_from_db()
     assert (d.cpu_temp, d.last_seen_at, d.last_state_report_at) == (50, T0, T0)
+
+
+@db
+def test_the_snapshot_path_writes_only_changed_columns(make_device):
+    d = make_device(at=T0 - timedelta(hours=1), api_heartbeat_state=HeartbeatState.ONLINE, status="Idle", cpu_usage=12)
+    changes = {"status": "Idle", "cpu_usage": 12, "cpu_temp": 50, "last_state_report_at": T0, "last_seen_at": T0}
+    with CaptureQueriesContext(connection) as queries:
+        assert services.apply_state_report(services.state_report_snapshot(d.uuid), changes, at=T0) is True
+    update = queries.captured_queries[-1]["sql"].split(" WHERE ")[0]
+    assert '"cpu_temp"' in update and '"last_seen_at"' in update and '"last_state_report_at"' in update
+    assert '"status"' not in update and '"cpu_usage"' not in update and '"overall_status"' not in update
 
 
 @db
@@ -323,3 +363,48 @@ def test_the_plain_report_update_commits_without_waiting_for_the_flush_only_on_i
         changes["cpu_usage"] = 10
         assert services.apply_state_report(services.state_report_snapshot(d.uuid), changes, at=T0) is True
     assert not any("synchronous_commit" in q["sql"] for q in queries.captured_queries)
+
+
+# --- Tunnel events ---------------------------------------------------------------------------------
+
+TUNNEL_STATES = {
+    "is_active": [True, False],
+    "api_heartbeat_state": ["unknown", "online", "offline"],
+    "is_connected_to_vpn": [False, True],
+    # Held by the event's service, by another one, by none.
+    "vpn_service_id": [7, 8, None],
+    "last_connectivity_event": [None, T0 - timedelta(hours=1)],
+    "provisioning_progress": [None, 40],
+    "cloudlink": [(True, None), (False, None)],
+    # The last change before the event, or after it (committed first, stamped later): the
+    # transition is never stamped before it.
+    "status_changed_at": [T0 - timedelta(hours=1), T0 + timedelta(seconds=5)],
+}
+
+
+@db
+@pytest.mark.parametrize("connected", [True, False])
+def test_tunnel_event_statement_equals_the_python_path_for_every_state(org, monkeypatch, connected):
+    fleets = _fleets(org)
+    names = list(TUNNEL_STATES)
+    pairs = []
+    for i, values in enumerate(itertools.product(*TUNNEL_STATES.values())):
+        state = dict(zip(names, values, strict=True))
+        pairs.append(tuple(_device(fleets, f"{side}{i}", dict(state)) for side in "ab"))
+    for a, b in pairs:
+        for d in (a, b):
+            d.activated_at = None if not d.is_active else T0 - timedelta(days=1)
+    Device.objects.bulk_create([d for pair in pairs for d in pair], batch_size=2000)
+    a_result = services.set_tunnel([a.uuid for a, _ in pairs] + ["f" * 32], connected, 7, at=T0)
+    monkeypatch.setattr("devices.services.tunnel.tunnel_event", lambda *args: None)
+    b_result = services.set_tunnel([b.uuid for _, b in pairs], connected, 7, at=T0)
+    assert a_result == b_result
+    assert a_result.matched == (len(pairs) if connected else len(pairs) // 3)
+    assert 0 < a_result.transitions < a_result.matched
+    assert a_result.reactivated == (len(pairs) // 2 if connected else 0)
+    rows, history = _by_name()
+    for a, b in pairs:
+        assert rows[a.name] == rows[b.name], a.name
+        assert history[a.name] == history[b.name], a.name
+    stale = with_computed_status(Device.objects.all()).exclude(overall_status=F("computed_status"))
+    assert not stale.exists()

@@ -1,4 +1,4 @@
-"""The Devices page's queries can use the indexes made for them (PostgreSQL; migrations devices/0005, 0009).
+"""The Devices page's queries can use the indexes made for them (PostgreSQL; migrations devices/0005, 0010).
 
 With a handful of rows the planner rightly prefers a scan, so these plans are taken with
 sequential scans (and, for the sorts, explicit sorts) priced out: what is checked is that the SQL

@@ -178,3 +178,90 @@ def test_incidents_from_periods_and_the_counts_now():
     assert fleet_page.incidents(periods, start, worse)[-1].end is None
     assert fleet_page.incidents(periods, start, worse)[-1].peak_percent == 80.0
     assert [(i.start, i.end) for i in fleet_page.incidents(periods[:2], start, worse)][-1] == (NOW, None)
+
+
+# --- The incident threshold: the notification channels' when set ---------------------------------------
+
+
+def channel(org, name: str, threshold: int | None, *, fleets=(), enabled: bool = True):
+    from notifications.models import Channel
+
+    made = Channel.objects.create(
+        organization=org, name=name, url="https://hooks.example.com/x", fleet_threshold=threshold, enabled=enabled
+    )
+    made.fleets.set(fleets)
+    return made
+
+
+def incident_rows(response) -> list[str]:
+    return re.findall(r"<tr data-incident>(.*?)</tr>", html(response), re.S)
+
+
+def threshold_note(response) -> tuple[str, str]:
+    match = re.search(r'data-incident-threshold="(\d+)">(.*?)</p>', html(response), re.S)
+    return match.group(1), match.group(2)
+
+
+def test_without_a_channel_threshold_incidents_are_above_ten_percent(owner_client, org, history):
+    channel(org, "No threshold", None)  # a channel without a fleet threshold changes nothing
+    response = get(owner_client)
+    percent, note = threshold_note(response)
+    assert percent == "10" and "(the default;" in note
+    assert len(incident_rows(response)) == 1
+
+
+def test_the_lowest_enabled_channel_threshold_covering_the_fleet_applies(
+    owner_client, org, fleet, make_fleet, other_fleet, history
+):
+    sibling, _ = make_fleet(org, "robots")
+    channel(org, "Pager", 70)  # the whole organization
+    channel(org, "Kiosk team", 55, fleets=[fleet, sibling])  # chosen fleets, this one among them
+    channel(org, "Robots only", 5, fleets=[sibling])  # does not cover this fleet
+    channel(org, "Switched off", 5, enabled=False)
+    channel(other_fleet.organization, "Theirs", 5)  # another organization's
+    response = get(owner_client)
+    percent, note = threshold_note(response)
+    assert percent == "55"
+    assert "the notification channel “Kiosk team”, the lowest of the enabled channels" in note
+    # 50 % six hours ago is no longer an incident; 60 % half an hour later is.
+    [row] = incident_rows(response)
+    assert '<time datetime="2026-11-20T06:30:00+00:00">' in row
+    assert '<time datetime="2026-11-20T08:00:00+00:00">' in row and 'data-peak="60.0"' in row
+
+
+def test_a_low_channel_threshold_makes_the_counts_now_an_ongoing_incident(owner_client, org, history):
+    channel(org, "Strict", 5)
+    rows = incident_rows(get(owner_client))
+    # 10 % not online all day long: above 5 % from before the range to now.
+    assert len(rows) == 1 and "before " in rows[0] and "data-ongoing" in rows[0]
+
+
+def test_members_see_the_threshold_but_not_the_owners_channel(org, fleet, history):
+    from django.contrib.auth import get_user_model
+    from django.test import Client
+
+    from fleets.models import Membership
+    from tests.conftest import PASSWORD
+
+    channel(org, "Kiosk team", 55, fleets=[fleet])
+    member = get_user_model().objects.create_user(username="mia", password=PASSWORD)
+    Membership.objects.create(user=member, organization=org, role=Membership.Role.MEMBER)
+    client = Client()
+    client.force_login(member)
+    percent, note = threshold_note(get(client))
+    assert percent == "55" and "a notification channel, the lowest" in note and "Kiosk team" not in note
+
+
+# session, user, memberships, fleet (with its channel threshold), kept counts, chart points, incident
+# periods, dead-man's switch
+FLEET_PAGE_QUERIES = 8
+
+
+def test_query_count_is_pinned_and_channels_add_none(owner_client, org, fleet, history):
+    with CaptureQueriesContext(connection) as without:
+        get(owner_client)
+    channel(org, "Pager", 70)
+    channel(org, "Kiosk team", 55, fleets=[fleet])
+    with CaptureQueriesContext(connection) as with_channels:
+        get(owner_client)
+    assert len(without.captured_queries) == len(with_channels.captured_queries) == FLEET_PAGE_QUERIES

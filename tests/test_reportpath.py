@@ -12,7 +12,7 @@ from django.middleware.csrf import CsrfViewMiddleware
 
 from devices import services
 from devices.status import HeartbeatState
-from tests.apiutil import send
+from tests.apiutil import WsgiClient, send
 
 URL = "/device/v3/state"
 T0 = datetime(2027, 3, 1, 12, 0, tzinfo=UTC)
@@ -58,9 +58,10 @@ def test_other_methods_on_the_path_take_the_normal_stack(client, device, monkeyp
 
 
 def test_a_lost_database_is_a_503_with_retry_after(client, device, monkeypatch):
-    def down(uuid):
+    def down(*args, **kwargs):
         raise OperationalError("server closed the connection unexpectedly")
 
+    monkeypatch.setattr(services, "store_state_report", down)
     monkeypatch.setattr(services, "state_report_snapshot", down)
     r = send(client, "PATCH", URL, {device.uuid: {"status": "Idle"}}, key=device.api_key)
     assert r.status_code == 503 and r["Retry-After"] == "5" and "error" in r.json()
@@ -70,4 +71,20 @@ def test_a_host_outside_allowed_hosts_is_refused(client, device):
     r = send(
         client, "PATCH", URL, {device.uuid: {"status": "Idle"}}, key=device.api_key, headers={"Host": "evil.example"}
     )
+    assert r.status_code == 400
+
+
+def test_a_lost_database_is_a_503_through_the_edge_too(device, monkeypatch):
+    def down(*args, **kwargs):
+        raise OperationalError("server closed the connection unexpectedly")
+
+    monkeypatch.setattr(services, "store_state_report", down)
+    r = send(WsgiClient(), "PATCH", URL, {device.uuid: {"status": "Idle"}}, key=device.api_key)
+    assert r.status_code == 503 and r["Retry-After"] == "5" and "error" in r.json()
+    assert r["X-Content-Type-Options"] == "nosniff"
+
+
+def test_a_host_outside_allowed_hosts_is_refused_by_the_edge_too(device):
+    wsgi = WsgiClient(HTTP_HOST="evil.example")
+    r = send(wsgi, "PATCH", URL, {device.uuid: {"status": "Idle"}}, key=device.api_key)
     assert r.status_code == 400

@@ -6,8 +6,10 @@ import itertools
 from datetime import UTC, datetime
 
 import pytest
+from django.db import connection
 
 from devices.models import Device
+from devices.services.sql import _status_of_row_as_written
 from devices.status import RULES, SIGNALS, Status, compute_status, status_expression, with_computed_status
 from fleets.models import Fleet
 
@@ -171,3 +173,66 @@ def test_labels_are_exactly_the_design_labels():
         "Inactive",
         "Frozen",
     ]
+
+
+def _devices_for_every_combination(org) -> list[dict]:
+    fleets = {
+        switch: Fleet.objects.create(
+            organization=org, slug=f"cl-{switch}".lower(), name=str(switch), cloudlink_enabled=switch
+        )
+        for switch in (True, False)
+    }
+    combos = list(all_combinations())
+    devices = []
+    for i, combo in enumerate(combos):
+        fields = {k: v for k, v in combo.items() if k not in ("fleet_cloudlink", "effective_cloudlink")}
+        devices.append(
+            Device(uuid=f"{i:032x}", name=f"d{i}", organization=org, fleet=fleets[combo["fleet_cloudlink"]], **fields)
+        )
+    Device.objects.bulk_create(devices, batch_size=2000)
+    return combos
+
+
+def _sql_status(uuid: str, written: dict) -> str:
+    """The SQL text of the rule (as the services' statements use it) for one device row, with the
+    signals in `written` bound as parameters instead of read from the row."""
+    case, names = _status_of_row_as_written(frozenset(written))
+    sql = (
+        f"SELECT {case} FROM devices_device d JOIN fleets_fleet f ON f.id = d.fleet_id WHERE d.uuid = %s"
+        if written
+        else f"SELECT d.uuid, {case} FROM devices_device d JOIN fleets_fleet f ON f.id = d.fleet_id"
+    )
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [written[n] for n in names] + ([uuid] if written else []))
+        return cursor.fetchone()[0] if written else dict(cursor.fetchall())
+
+
+@pytest.mark.django_db
+def test_sql_text_over_the_row_matches_function_for_every_combination(org):
+    combos = _devices_for_every_combination(org)
+    got = _sql_status("", {})
+    mismatches = [(c, got[f"{i:032x}"]) for i, c in enumerate(combos) if compute_status(c).value != got[f"{i:032x}"]]
+    assert not mismatches, mismatches[:5]
+
+
+@pytest.mark.django_db
+def test_sql_text_with_bound_values_matches_function(org):
+    """Every signal but the cloudlink switch bound as a parameter (as a report or tunnel event binds
+    the ones it writes), for a sample of combinations spread over all of them; NULLs included."""
+    combos = _devices_for_every_combination(org)
+    row_signals = [s for s in SIGNALS if s != "effective_cloudlink"]
+    checked = 0
+    for i in range(0, len(combos), 37):
+        combo = combos[i]
+        # A row whose values all differ from the bound ones where they can: only the parameters decide.
+        other = combos[len(combos) - 1 - i]
+        row = next(
+            j
+            for j, c in enumerate(combos)
+            if (c["fleet_cloudlink"], c["cloudlink_enabled"]) == (combo["fleet_cloudlink"], combo["cloudlink_enabled"])
+            and all(c[s] == other[s] for s in ("is_active", "is_connected_to_vpn", "api_heartbeat_state"))
+        )
+        got = _sql_status(f"{row:032x}", {s: combo[s] for s in row_signals})
+        assert got == compute_status(combo).value, combo
+        checked += 1
+    assert checked > 250

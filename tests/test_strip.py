@@ -1,4 +1,4 @@
-"""The Device Summary's status strip (devices/strip.py, templates/devices/_strip.html)."""
+"""The Device Summary's status strip (devices/strip.py, templates/jinja2/devices/_strip.html)."""
 
 from __future__ import annotations
 
@@ -6,10 +6,10 @@ import re
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from django.template.loader import render_to_string
 
 from devices import strip
 from devices.models import StatusTransition
+from devices.templatetags.fleetstatus import status_strips
 
 pytestmark = pytest.mark.django_db
 
@@ -83,7 +83,7 @@ def test_many_short_changes_merge_and_the_read_is_bounded(make_device, monkeypat
 
 
 def test_the_fragment_renders_focusable_coloured_segments(device):
-    html = render_to_string("devices/_strip.html", {"strips": strip.strips(device, NOW, "online")})
+    html = status_strips(strip.strips(device, NOW, "online"))
     segments = re.findall(
         r'<span class="strip__seg seg--([a-z-]+)" role="listitem" tabindex="0" style="width: ([\d.]+)%" title="([^"]+)"',
         html,

@@ -20,7 +20,7 @@ from devices import services
 from devices.models import Device, DeviceTag
 from devices.queries import DeviceQuery, filter_devices, order_devices, parse_device_query, scoped_devices
 from readapi.models import ApiToken
-from tests.dashboard_helpers import html, notices, row_uuids
+from tests.dashboard_helpers import html, notices, row_uuids, show_every_column
 
 pytestmark = pytest.mark.django_db
 
@@ -310,7 +310,8 @@ def test_update_status_since_moves_only_when_the_value_changes(make_device):
     assert device.update_status_changed_at == later
 
 
-def test_update_status_columns_filter_and_sorts(owner_client, make_device):
+def test_update_status_columns_filter_and_sorts(owner_client, owner, make_device):
+    show_every_column(owner)
     a, b, c = make_device(name="a"), make_device(name="b"), make_device(name="c")
     report(a, T0, update_status="done")
     report(b, T0 + timedelta(hours=1), update_status="aborted")

@@ -23,6 +23,7 @@ from tests.dashboard_helpers import (
     notices,
     one_of_each,
     row_uuids,
+    show_every_column,
     signals_for,
     status_counts,
     text,
@@ -152,7 +153,8 @@ def test_frozen_badge_carries_its_reason_and_rows_are_tinted_or_faded(owner_clie
     assert f'<tr data-uuid="{inactive.uuid}" class="row--inactive">' in html(response)
 
 
-def test_row_columns(owner_client, make_device, fleet):
+def test_row_columns(owner_client, owner, make_device, fleet):
+    show_every_column(owner)
     now = timezone.now()
     d = device_in(
         make_device,
@@ -335,7 +337,8 @@ def test_overlong_or_nul_search_is_ignored_with_a_notice(owner_client, make_devi
 
 
 @pytest.mark.parametrize("key", sorted(SORTS))
-def test_every_sort_key_both_directions(owner_client, make_device, make_fleet, org, key):
+def test_every_sort_key_both_directions(owner_client, owner, make_device, make_fleet, org, key):
+    show_every_column(owner)
     base = timezone.now()
     other_fleet_of_org, _ = make_fleet(org, "aaa-first")
     made = [
@@ -485,8 +488,8 @@ def test_boosted_request_gets_the_full_page(owner_client):
 
 # --- Query counts -------------------------------------------------------------------------------------
 
-# session, user, memberships, status counts, rows, the rows' tags (one query), fleet choices, saved views menu,
-# dead-man's switch
+# session, user, memberships (with the user's column choice), status counts, rows, the rows' tags (one query;
+# the Tags column is a default one), fleet choices, saved views menu, dead-man's switch
 FULL_PAGE_QUERIES = 9
 # the same without the fleet choices of the filter form
 FRAGMENT_QUERIES = 7

@@ -18,8 +18,12 @@ after its database read.
 
 `PATCH /device/v3/state` (state reports, every few seconds to minutes per device) needs the
 database and a Django request, but none of sessions, authentication, CSRF, messages, htmx, axes or
-URL resolution: `StateReportDispatchMiddleware` calls its view right after the response-header
-middleware.
+URL resolution, and its responses get the same headers from the response-header middleware every
+time: `EdgeWSGI` runs Django's request cycle (signals, request, error handling) around the report
+view alone and adds those headers from the same per-(status, secure) template as the fetch's
+(building the Content-Security-Policy alone cost more than the rest of the middleware). Where the
+WSGI entry point is not in front (the test client), `StateReportDispatchMiddleware` calls the view
+right after the response-header middleware.
 
 Both are matched with the paths the URLconf is built from (devices/api/paths.py).
 """
@@ -32,6 +36,8 @@ from collections.abc import Callable, Iterable
 
 from django.conf import settings
 from django.core.exceptions import DisallowedHost, ImproperlyConfigured
+from django.core.handlers.exception import convert_exception_to_response
+from django.core.handlers.wsgi import WSGIHandler
 from django.db import InterfaceError, OperationalError
 from django.http import HttpRequest, HttpResponse
 from django.urls import Resolver404, resolve
@@ -153,7 +159,8 @@ def _check_mounted_at_root() -> None:
 
 
 class EdgeWSGI:
-    """Answers a steady-state GET /device/v3/<uuid>/state before Django's request handling.
+    """Answers a steady-state GET /device/v3/<uuid>/state before Django's request handling, and
+    sends PATCH /device/v3/state through Django's request cycle around the report view alone.
 
     The response headers are those the header middleware give a response of the same status and
     type, computed once per (status, secure) by running them on it. Everything else goes to the
@@ -167,6 +174,7 @@ class EdgeWSGI:
         self._security = None
         self._header_middleware = header_middleware()
         _check_mounted_at_root()
+        self._reports = _ReportHandler(self._report_headers)
 
     def _template_headers(self, status: int, request: HttpRequest) -> list[tuple[str, str]]:
         secure = request.is_secure()
@@ -208,8 +216,15 @@ class EdgeWSGI:
             self._security = SecurityMiddleware(lambda _request: None)
         return self._security.process_request(request) is not None
 
+    def _report_headers(self, request: HttpRequest) -> list[tuple[str, str]]:
+        # The header middleware add the same headers to a report's answer whatever its status.
+        return self._template_headers(200, request)
+
     def __call__(self, environ: dict, start_response: Callable) -> Iterable[bytes]:
-        if environ.get("REQUEST_METHOD") == "GET":
+        if environ.get("REQUEST_METHOD") == "PATCH" and environ.get("PATH_INFO") == STATE_REPORT_PATH:
+            if not self._redirects(_EnvironRequest(environ, STATE_REPORT_PATH)):
+                return self._reports(environ, start_response)
+        elif environ.get("REQUEST_METHOD") == "GET":
             path = environ.get("PATH_INFO", "")
             uuid = target_state_uuid(path)
             if uuid is not None:
@@ -239,27 +254,60 @@ class EdgeWSGI:
 # --- PATCH /device/v3/state: straight to the view ---------------------------------------------
 
 
-class StateReportDispatchMiddleware:
-    """Calls the state-report view, doing itself what the skipped middleware would do for it.
+_UNAVAILABLE = DatabaseUnavailableMiddleware(lambda _request: HttpResponse())
+
+
+def answer_report(request: HttpRequest) -> HttpResponse:
+    """The state-report view, doing itself what the skipped middleware would do for it.
 
     A lost database connection is a 503 with Retry-After (DatabaseUnavailableMiddleware), the Host
     header is checked against ALLOWED_HOSTS and the response carries Content-Length
-    (CommonMiddleware). Every other request, other methods on the same path included, passes through.
+    (CommonMiddleware).
+    """
+    request.get_host()  # ALLOWED_HOSTS, as CommonMiddleware checks it (DisallowedHost is a 400)
+    try:
+        response = state_report(request)
+    except (OperationalError, InterfaceError) as exc:
+        response = _UNAVAILABLE.process_exception(request, exc)
+        assert response is not None
+    if not response.streaming and "Content-Length" not in response:
+        response.headers["Content-Length"] = str(len(response.content))
+    return response
+
+
+class _ReportHandler(WSGIHandler):
+    """Django's WSGI request cycle (request_started/finished, the request, the 400/500 of an
+    exception, the log of an error response) around answer_report() alone; the response-header
+    middleware's headers come from a template (EdgeWSGI._template_headers), where the response does
+    not set them itself, as those middleware leave a header the response already has."""
+
+    def __init__(self, headers: Callable[[HttpRequest], list[tuple[str, str]]]) -> None:
+        self._headers = headers
+        super().__init__()
+
+    def load_middleware(self, is_async: bool = False) -> None:
+        answer = convert_exception_to_response(answer_report)
+
+        def with_headers(request: HttpRequest) -> HttpResponse:
+            response = answer(request)
+            for name, value in self._headers(request):
+                if name not in response:
+                    response.headers[name] = value
+            return response
+
+        self._middleware_chain = with_headers
+
+
+class StateReportDispatchMiddleware:
+    """Calls the state-report view (answer_report) right after the response-header middleware.
+
+    Every other request, other methods on the same path included, passes through.
     """
 
     def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
         self.get_response = get_response
-        self.unavailable = DatabaseUnavailableMiddleware(get_response)
 
     def __call__(self, request: HttpRequest) -> HttpResponse:
         if request.path_info != STATE_REPORT_PATH or request.method != "PATCH":
             return self.get_response(request)
-        request.get_host()  # ALLOWED_HOSTS, as CommonMiddleware checks it (DisallowedHost is a 400)
-        try:
-            response = state_report(request)
-        except (OperationalError, InterfaceError) as exc:
-            response = self.unavailable.process_exception(request, exc)
-            assert response is not None
-        if not response.streaming and "Content-Length" not in response:
-            response.headers["Content-Length"] = str(len(response.content))
-        return response
+        return answer_report(request)

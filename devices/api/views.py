@@ -142,13 +142,22 @@ def state_report(request: HttpRequest) -> HttpResponse:
     key = bearer_key(request)
     body = parsing.split_state_body(parsing.read_json(request, REPORT_MAX_BYTES))
     if len(body) == 1:
-        # The usual report: one query reads the device's key hash together with everything the
-        # write is decided on, and a report that leaves the status alone is one UPDATE
-        # (services.apply_state_report). Anything else (unknown UUID, wrong key) is decided below.
         ((uuid, report),) = body.items()
+        try:
+            changes, now = _report_changes(report)
+        except BadRequest:
+            changes = None  # refused below, once the key is known to be this device's
+        # The usual report leaves the status alone: ONE statement finds the device by UUID and key
+        # and writes it (services.store_state_report). Otherwise one query reads the device's key
+        # hash with everything the write is decided on (services.apply_state_report), and anything
+        # else (unknown UUID, wrong key) is decided below.
+        if changes is not None and services.store_state_report(uuid, key, changes, at=now):
+            count_state_reports()
+            return JsonResponse({})
         snapshot = services.state_report_snapshot(uuid)
         if snapshot is not None and key_matches(key, snapshot["api_key_hash"]):
-            changes, now = _report_changes(report)
+            if changes is None:
+                changes, now = _report_changes(report)
             try:
                 services.apply_state_report(snapshot, changes, at=now)
             except Device.DoesNotExist:

@@ -63,6 +63,7 @@ from devices.services.reporting import (
     STATUS_GUARD_FIELDS,
     apply_state_report,
     state_report_snapshot,
+    store_state_report,
 )
 from devices.services.tags import TagError, check_tag, parse_assignment, set_tag
 from devices.services.tunnel import TunnelResult, set_tunnel
@@ -112,6 +113,7 @@ __all__ = [
     "set_devices_active",
     "set_tunnel",
     "state_report_snapshot",
+    "store_state_report",
     "transition_time",
     "update_device",
     "update_fleet",

@@ -1,4 +1,4 @@
-"""State reports (PATCH /device/v3/state): one read, then one guarded UPDATE when the status stays."""
+"""State reports (PATCH /device/v3/state): one UPDATE when the status stays, else a read and the locked path."""
 
 from __future__ import annotations
 
@@ -9,8 +9,9 @@ from typing import Any
 from devices.api import parsing as reports
 from devices.models import effective_cloudlink
 from devices.services.lifecycle import update_device
-from devices.services.sql import device_with_fleet, guarded_update
+from devices.services.sql import device_with_fleet, guarded_update, store_report
 from devices.status import SIGNALS, compute_status
+from fleets.keys import hash_key, key_matches
 
 STATE_REPORTED = "state report"
 # Every column a state report can write (devices/api/parsing.py), the two contact times included.
@@ -34,6 +35,20 @@ _MISSING = object()
 _SNAPSHOT_FIELDS: tuple[str, ...] = tuple(
     sorted({"pk", "uuid", "api_key_hash", "fleet__cloudlink_enabled", *STATUS_GUARD_FIELDS, *STATE_REPORT_FIELDS})
 )
+
+
+def store_state_report(uuid: str, key: str, changes: dict[str, Any], *, at: datetime) -> bool:
+    """Store a device's report in ONE statement if that is all it takes; True if it did.
+
+    The steady report (it leaves the status as it is: devices/services/sql.py, store_report) costs
+    one round trip: the device found by UUID and key hash, the status rule checked on the row as
+    written, no read before. False means nothing was written and the caller decides with
+    state_report_snapshot() and apply_state_report(): an unknown device, a wrong key, a report
+    that changes the status (its transition is written under the row lock), or SQLite.
+    """
+    stored_hash = store_report(uuid, hash_key(key), changes, at)
+    # The row was found by this hash already; the constant-time comparison is every key check's.
+    return stored_hash is not None and key_matches(key, stored_hash)
 
 
 def state_report_snapshot(uuid: str) -> dict[str, Any] | None:

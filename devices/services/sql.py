@@ -17,7 +17,7 @@ from django.db import connection
 from django.db.models.expressions import RawSQL
 
 from devices.models import Device, StatusTransition
-from devices.status import HeartbeatState
+from devices.status import HeartbeatState, status_sql
 from fleets.models import Fleet
 
 
@@ -31,6 +31,25 @@ def _column(name: str) -> str:
 
 def _postgresql() -> bool:
     return connection.vendor == "postgresql"
+
+
+def _table(model: type) -> str:
+    return _qn(model._meta.db_table)
+
+
+def _status_of_row_as_written(written: frozenset[str]) -> tuple[str, tuple[str, ...]]:
+    """The status rule over device row `d` joined with its fleet `f`, the signals in `written` taken
+    from the statement's parameters (cast to their column types) instead of the row."""
+
+    def source(signal: str) -> str:
+        if signal == "effective_cloudlink":
+            # devices.models.effective_cloudlink: the device's override, else its fleet's switch.
+            return f"COALESCE(d.{_column('cloudlink_enabled')}, f.{_qn(Fleet._meta.get_field('cloudlink_enabled').column)})"
+        if signal in written:
+            return f"CAST(%s AS {Device._meta.get_field(signal).db_type(connection)})"
+        return f"d.{_column(signal)}"
+
+    return status_sql(source)
 
 
 def among(values: Sequence[int] | Sequence[str]) -> RawSQL:
@@ -198,3 +217,152 @@ def guarded_update(pk: int, guard: Mapping[str, Any], values: Mapping[str, Any])
     with connection.cursor() as cursor:
         cursor.execute(sql, [*values.values(), pk, *guard.values()])
         return cursor.rowcount == 1
+
+
+@lru_cache(maxsize=256)
+def _report_sql(columns: tuple[str, ...], asynchronous: bool) -> tuple[str, tuple[str, ...]]:
+    """The one statement of a state report that leaves the status as it is (see store_report)."""
+    names: list[str] = []
+    sets = []
+    for name in columns:
+        sets.append(f"{_column(name)} = %s")
+        names.append(name)
+    if "update_status" in columns:
+        # "Update status since" moves only when the value changes, compared on the row being written.
+        sets.append(
+            f"{_column('update_status_changed_at')} = CASE WHEN d.{_column('update_status')} IS DISTINCT FROM "
+            f"CAST(%s AS {Device._meta.get_field('update_status').db_type(connection)}) "
+            f"THEN %s ELSE d.{_column('update_status_changed_at')} END"
+        )
+        names += ["update_status", " at"]
+    status, status_names = _status_of_row_as_written(frozenset(columns))
+    sql = (
+        f"UPDATE {_table(Device)} AS d SET {', '.join(sets)} FROM {_table(Fleet)} AS f "
+        f"WHERE d.{_column('uuid')} = %s AND d.{_column('api_key_hash')} = %s "
+        f"AND f.{_qn(Fleet._meta.pk.column)} = d.{_column('fleet')} AND d.{_column('overall_status')} = {status}"
+        + (" AND set_config('synchronous_commit', 'off', true) = 'off'" if asynchronous else "")
+        + f" RETURNING d.{_column('api_key_hash')}"
+    )
+    return sql, (*names, " uuid", " key_hash", *status_names)
+
+
+def store_report(uuid: str, key_hash: str, changes: Mapping[str, Any], at: datetime) -> str | None:
+    """ONE UPDATE storing a state report if it leaves the device's status as it is; its key hash if it did.
+
+    The row is found by UUID and key hash (the key is compared again in constant time by the
+    caller), and written only where the status rule, applied to the row with the reported values,
+    gives the status the row holds: decided on the row as it is when written (a concurrent change
+    is re-checked by PostgreSQL under the row lock), so no transition can be due. Anything else (an
+    unknown device, a wrong key, a report that changes the status) writes nothing and returns None.
+    PostgreSQL only (None elsewhere, without a query). Outside a transaction block it commits
+    without waiting for the WAL flush, as guarded_update() does and for the same reason.
+    """
+    if not _postgresql():
+        return None
+    sql, names = _report_sql(tuple(changes), not connection.in_atomic_block)
+    values = {**changes, " at": at, " uuid": uuid, " key_hash": key_hash}
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [values[name] for name in names])
+        row = cursor.fetchone()
+    return None if row is None else row[0]
+
+
+@lru_cache(maxsize=4)
+def _tunnel_sql(connected: bool) -> tuple[str, tuple[str, ...]]:
+    """The one statement of a tunnel event (see tunnel_event)."""
+    written = {"is_connected_to_vpn", "last_connectivity_event"} | ({"is_active"} if connected else set())
+    status, status_names = _status_of_row_as_written(frozenset(written))
+    col = {
+        name: _column(name)
+        for name in (
+            "id",
+            "uuid",
+            "overall_status",
+            "status_changed_at",
+            "is_active",
+            "activated_at",
+            "organization",
+            "fleet",
+            "is_connected_to_vpn",
+            "vpn_service_id",
+            "last_vpn_event",
+            "last_connectivity_event",
+            "last_seen_at",
+        )
+    }
+    transition_cols = ", ".join(
+        _qn(StatusTransition._meta.get_field(f).column) for f in ("device", "from_status", "to_status", "at", "reason")
+    )
+    names: list[str] = [*status_names, " uuids"]
+    held = ""
+    if not connected:
+        # PostgreSQL re-checks this on a row another transaction changed while we waited for its lock.
+        held = f" AND d.{col['vpn_service_id']} = %s"
+        names.append(" service")
+    sets = [
+        f"{col['is_connected_to_vpn']} = %s",
+        f"{col['vpn_service_id']} = %s",
+        f"{col['last_vpn_event']} = %s",
+        f"{col['last_connectivity_event']} = %s",
+    ]
+    names += ["is_connected_to_vpn", " held_by", " at", " at"]
+    if connected:
+        sets += [
+            f"{col['last_seen_at']} = %s",
+            f"{col['is_active']} = TRUE",
+            f"{col['activated_at']} = CASE WHEN l.was_active THEN d.{col['activated_at']} ELSE %s END",
+        ]
+        names += [" at", " at"]
+    # transition_time(): a change is never stamped before the device's last one (GREATEST skips NULL).
+    sets += [
+        f"{col['overall_status']} = l.to_status",
+        f"{col['status_changed_at']} = CASE WHEN l.to_status = l.from_status THEN d.{col['status_changed_at']} "
+        f"ELSE GREATEST(CAST(%s AS timestamp with time zone), l.last_change) END",
+    ]
+    names += [" at", " reason"]
+    sql = (
+        f"WITH locked AS MATERIALIZED ("
+        f"SELECT d.{col['id']} AS id, d.{col['overall_status']} AS from_status, {status} AS to_status, "
+        f"d.{col['status_changed_at']} AS last_change, d.{col['is_active']} AS was_active, "
+        f"d.{col['organization']} AS organization_id "
+        f"FROM {_table(Device)} AS d JOIN {_table(Fleet)} AS f ON f.{_qn(Fleet._meta.pk.column)} = d.{col['fleet']} "
+        f"WHERE d.{col['uuid']} = ANY(CAST(%s AS text[])){held} ORDER BY d.{col['id']} FOR UPDATE OF d), "
+        f"changed AS (UPDATE {_table(Device)} AS d SET {', '.join(sets)} FROM locked AS l WHERE d.{col['id']} = l.id "
+        f"RETURNING d.{col['id']} AS id, l.from_status, l.to_status, d.{col['status_changed_at']} AS at, "
+        f"l.was_active, l.organization_id), "
+        f"written AS (INSERT INTO {_table(StatusTransition)} ({transition_cols}) "
+        f"SELECT id, from_status, to_status, at, %s FROM changed WHERE from_status <> to_status ORDER BY id) "
+        f"SELECT organization_id, was_active, to_status, from_status <> to_status, COUNT(*) FROM changed "
+        f"GROUP BY organization_id, was_active, to_status, from_status <> to_status"
+    )
+    return sql, tuple(names)
+
+
+def tunnel_event(
+    uuids: Sequence[str], connected: bool, service_id: int, at: datetime, reason: str
+) -> list[tuple[int, bool, str, bool, int]] | None:
+    """ONE statement for a tunnel event of many devices: lock, write, record the transitions.
+
+    The rows are locked in id order (as every bulk change locks them), each one's status decided by
+    the rule on the row as it is about to be written (its tunnel up or down, reactivated by a
+    connect), the row written once, and the transitions inserted from what the UPDATE returned.
+    Nothing goes to Python and back per device: a VPN server restarting sends thousands of UUIDs.
+    Returns (organization id, was active, status, changed, devices) groups; None on SQLite, which
+    has neither row locks nor data-modifying WITH (services.tunnel does it there).
+    """
+    if not _postgresql():
+        return None
+    sql, names = _tunnel_sql(connected)
+    values = {
+        "is_connected_to_vpn": connected,
+        "last_connectivity_event": at,
+        "is_active": True,
+        " uuids": list(uuids),
+        " service": service_id,
+        " held_by": service_id if connected else None,
+        " at": connection.ops.adapt_datetimefield_value(at),
+        " reason": reason[:200],
+    }
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [values[name] for name in names])
+        return cursor.fetchall()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
@@ -12,10 +12,11 @@ from django.db import transaction
 from django.utils import timezone
 
 from devices.models import Device
-from devices.services.changes import Transition, transition_time, write_transitions
+from devices.services.changes import Transition, transition_time
 from devices.services.lifecycle import reconcile_frozen
-from devices.services.sql import among
+from devices.services.sql import among, insert_transitions, tunnel_event
 from devices.status import SIGNALS, annotate_signals, compute_status
+from fleetstatus.metrics import count_transitions
 
 
 @dataclass
@@ -38,10 +39,10 @@ def set_tunnel(uuids: Iterable[str], connected: bool, service_id: int, at: datet
     are ignored.
 
     A VPN server sends thousands of UUIDs in one call when it restarts, so the cost is a constant
-    number of statements whatever the count, in one transaction: one SELECT that locks the rows in
-    id order (the order every bulk change uses, so concurrent calls cannot deadlock) and reads
-    plain values rather than models; one UPDATE per resulting (status, reactivated, stamp) group;
-    one INSERT of all transitions; then the allowance per organization.
+    number of statements whatever the count, in one transaction: on PostgreSQL ONE statement that
+    locks the rows in id order (the order every bulk change uses, so concurrent calls cannot
+    deadlock), writes each row once and inserts the transitions (sql.tunnel_event), elsewhere the
+    same in a few (_tunnel_event_in_python); then the allowance per organization.
     """
     at = at or timezone.now()
     wanted = sorted(set(uuids))
@@ -60,42 +61,63 @@ def set_tunnel(uuids: Iterable[str], connected: bool, service_id: int, at: datet
         reason = f"cloudlink tunnel connected (VPN service {service_id})"
     else:
         reason = f"cloudlink tunnel disconnected (VPN service {service_id})"
-    # PostgreSQL re-checks this condition on a row that another transaction changed while we
-    # waited for its lock, so a connect through another service that lands first is respected.
-    held = {} if connected else {"vpn_service_id": service_id}
     reactivated_orgs: set[int] = set()
-    groups: dict[tuple[bool, str, datetime | None], list[int]] = defaultdict(list)
-    transitions: list[Transition] = []
     with transaction.atomic():
-        rows = (
-            annotate_signals(Device.objects.filter(uuid__in=among(wanted), **held))
-            .select_for_update(of=("self",))
-            .order_by("pk")
-            .values("pk", "overall_status", "status_changed_at", "organization_id", *SIGNALS)
-        )
-        for row in rows:
-            reactivating = connected and not row["is_active"]
-            signals = {**row, **changes, "is_active": True} if reactivating else {**row, **changes}
-            new_status = compute_status(signals).value
-            if new_status != row["overall_status"]:
-                stamp = transition_time(at, row["status_changed_at"])
-                transitions.append(Transition(row["pk"], row["overall_status"], new_status, stamp))
-                groups[(reactivating, new_status, stamp)].append(row["pk"])
-            else:
-                groups[(reactivating, "", None)].append(row["pk"])
-            if reactivating:
-                reactivated_orgs.add(row["organization_id"])
-                result.reactivated += 1
-            result.matched += 1
-        for (reactivating, new_status, stamp), pks in groups.items():
-            fields = dict(changes)
-            if reactivating:
-                fields.update(is_active=True, activated_at=at)
-            if new_status:
-                fields.update(overall_status=new_status, status_changed_at=stamp)
-            Device.objects.filter(pk__in=among(pks)).update(**fields)
-        write_transitions(transitions, reason)
-        result.transitions = len(transitions)
+        groups = tunnel_event(wanted, connected, service_id, at, reason)
+        if groups is None:
+            groups = _tunnel_event_in_python(wanted, connected, service_id, changes, at, reason)
+        entered: list[str] = []
+        for org_id, was_active, status, changed, count in groups:
+            result.matched += count
+            if changed:
+                result.transitions += count
+                entered += [status] * count
+            if connected and not was_active:
+                reactivated_orgs.add(org_id)
+                result.reactivated += count
+        count_transitions(entered)
         for org_id in sorted(reactivated_orgs):
             result.transitions += reconcile_frozen(org_id, reason=f"{reason}: reactivated", at=at)
     return result
+
+
+def _tunnel_event_in_python(
+    wanted: list[str], connected: bool, service_id: int, changes: dict[str, Any], at: datetime, reason: str
+) -> list[tuple[int, bool, str, bool, int]]:
+    """sql.tunnel_event where the database cannot do it in one statement (SQLite), with the same result.
+
+    One SELECT that locks the rows in id order and reads plain values rather than models, one
+    UPDATE per resulting (status, reactivated, stamp) group, one INSERT of all transitions.
+    """
+    # PostgreSQL re-checks this condition on a row that another transaction changed while we
+    # waited for its lock, so a connect through another service that lands first is respected.
+    held = {} if connected else {"vpn_service_id": service_id}
+    groups: dict[tuple[bool, str, datetime | None], list[int]] = defaultdict(list)
+    transitions: list[Transition] = []
+    outcome: Counter[tuple[int, bool, str, bool]] = Counter()
+    rows = (
+        annotate_signals(Device.objects.filter(uuid__in=among(wanted), **held))
+        .select_for_update(of=("self",))
+        .order_by("pk")
+        .values("pk", "overall_status", "status_changed_at", "organization_id", *SIGNALS)
+    )
+    for row in rows:
+        reactivating = connected and not row["is_active"]
+        signals = {**row, **changes, "is_active": True} if reactivating else {**row, **changes}
+        new_status = compute_status(signals).value
+        if new_status != row["overall_status"]:
+            stamp = transition_time(at, row["status_changed_at"])
+            transitions.append(Transition(row["pk"], row["overall_status"], new_status, stamp))
+            groups[(reactivating, new_status, stamp)].append(row["pk"])
+        else:
+            groups[(reactivating, "", None)].append(row["pk"])
+        outcome[(row["organization_id"], row["is_active"], new_status, new_status != row["overall_status"])] += 1
+    for (reactivating, new_status, stamp), pks in groups.items():
+        fields = dict(changes)
+        if reactivating:
+            fields.update(is_active=True, activated_at=at)
+        if new_status:
+            fields.update(overall_status=new_status, status_changed_at=stamp)
+        Device.objects.filter(pk__in=among(pks)).update(**fields)
+    insert_transitions(transitions, reason[:200])
+    return [(*key, count) for key, count in outcome.items()]

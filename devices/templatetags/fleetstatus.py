@@ -22,6 +22,7 @@ from django.utils import timezone
 from markupsafe import Markup
 
 from devices import status_names
+from devices.queries import COLUMNS
 from devices.status import Status
 
 register = template.Library()
@@ -214,16 +215,26 @@ def clocktime(value: datetime) -> Markup:
 # --- Tags: the hot fragments, whole ------------------------------------------------------------------------
 
 
+# Every column, for a caller that does not choose.
+ALL_DEVICE_COLUMNS = frozenset(COLUMNS)
+
+
 @register.simple_tag(takes_context=True)
-def device_rows(context, devices, devices_url: str, fleet_link: str) -> Markup:
-    """The Devices table's rows (templates/jinja2/devices/_rows.html)."""
-    return render_macro("devices/_rows.html", "device_rows", devices, devices_url, fleet_link, _now(context))
+def device_rows(context, devices, devices_url: str, fleet_link: str, columns=ALL_DEVICE_COLUMNS) -> Markup:
+    """The Devices table's rows (templates/jinja2/devices/_rows.html), with the cells of `columns`."""
+    return render_macro("devices/_rows.html", "device_rows", devices, devices_url, fleet_link, _now(context), columns)
 
 
 @register.simple_tag
 def history_rows(rows) -> Markup:
     """The Device Summary's history rows (templates/jinja2/devices/_history_rows.html)."""
     return render_macro("devices/_history_rows.html", "history_rows", rows)
+
+
+@register.simple_tag
+def status_strips(strips) -> Markup:
+    """The Device Summary's status strips (templates/jinja2/devices/_strip.html)."""
+    return render_macro("devices/_strip.html", "status_strips", strips)
 
 
 @register.simple_tag

@@ -697,3 +697,98 @@ def test_j12_status_strip_on_a_summary(world, page: Page, login, shot):
     newest.hover()
     shot()
     assert_no_console_errors(page)
+
+
+# --- 13. Columns: the default fits 1,280 px; a user's choice follows the table and survives a reload -----
+
+
+def table_overflow(page: Page) -> dict[str, int]:
+    """The devices table's region: its content's width against its visible width (no horizontal
+    scrolling when scroll <= client), and the window's."""
+    return page.locator(".table-wrap").first.evaluate(
+        "w => ({scroll: w.scrollWidth, client: w.clientWidth, window: document.documentElement.clientWidth,"
+        " page: document.documentElement.scrollWidth})"
+    )
+
+
+def header_keys(page: Page) -> list[str]:
+    return page.locator("thead th").evaluate_all("ths => ths.map(th => th.className.replace('col-', ''))")
+
+
+def test_j13_columns_fit_1280_and_a_choice_is_kept(world, page: Page, login, shot):
+    from devices import services
+    from devices.models import Device
+    from devices.queries import COLUMNS, DEFAULT_COLUMNS
+
+    # Content that makes a table wide: a long name, a long fleet name, several long tags, a device
+    # reporting OS and release, the widest badge (Heartbeat Only) and a tunnel that went down.
+    wide = heartbeat_only(world)
+    wide.report(
+        os_version="balenaOS 6.0.13+rev2",
+        apps={"a1b2c3": {"release_uuid": "8f3e2b1deadbeef"}},
+        ip_address="10.0.3.17 192.168.1.4",
+    )
+    services.update_device(
+        Device.objects.get(uuid=wide.uuid), {"name": "warehouse-north-dock-robot-0017-b"}, reason="e2e"
+    )
+    world.steady_fleet.name = "Northern distribution centre signage"
+    world.steady_fleet.save(update_fields=["name"])
+    tagged = Device.objects.filter(uuid=wide.uuid)
+    for key, value in (("site", "rotterdam-harbour-terminal-4"), ("owner", "logistics-operations"), ("ring", "canary")):
+        services.set_tag(tagged, key, value)
+    others = [online(world), offline(world), vpn_only(world)]
+
+    page.set_viewport_size({"width": 1280, "height": 900})
+    login()
+    expect(page.locator("tbody [data-uuid]")).to_have_count(1 + len(others))
+    default = [k for k in COLUMNS if k in ("name", "status", *DEFAULT_COLUMNS)]
+    assert header_keys(page) == default
+    expect(row(page, wide).locator(".col-tags")).to_contain_text("site=rotterdam-harbour-terminal-4")
+    sizes = table_overflow(page)
+    assert sizes["scroll"] <= sizes["client"], sizes  # no horizontal scrolling in the table
+    assert sizes["page"] <= sizes["window"], sizes  # nor of the page
+    shot("1280")
+
+    # Choose: add UUID and IP address, drop Tags; keep them as the user's own.
+    menu = page.locator("[data-columns-menu]")
+    menu.locator("summary").click()
+    menu.get_by_label("UUID").check()
+    menu.get_by_label("IP address").check()
+    menu.get_by_label("Tags").uncheck()
+    menu.get_by_role("button", name="Keep as my columns").click()
+    expect(page).to_have_url(re.compile(r"/devices/$"))
+    chosen = [k for k in COLUMNS if k in ("name", "status", "uuid", "ip", *DEFAULT_COLUMNS) and k != "tags"]
+    expect(page.locator("thead th.col-ip")).to_have_count(1)
+    assert header_keys(page) == chosen
+    expect(row(page, wide).locator(".col-ip")).to_contain_text("10.0.3.17")
+    expect(row(page, wide).locator(".col-uuid")).to_have_text(wide.uuid[:7])
+    expect(page.locator("tbody .col-tags")).to_have_count(0)
+
+    # The htmx refresh (same URL, same fragment) keeps them, without reloading the page.
+    mark_document(page)
+    as_of = page.locator(".asof time").inner_text()
+    expect(page.locator(".asof time")).not_to_have_text(as_of, timeout=(PAGE_REFRESH + 10) * 1000)
+    assert_not_reloaded(page)
+    assert header_keys(page) == chosen
+
+    # A reload (a new visit) shows the user's columns, and the chooser ticks them.
+    page.reload()
+    expect(page.locator("thead th.col-ip")).to_have_count(1)
+    assert header_keys(page) == chosen
+    page.locator("[data-columns-menu] summary").click()
+    expect(page.locator("[data-columns-menu]").get_by_label("Tags")).not_to_be_checked()
+    expect(page.locator("[data-columns-menu]").get_by_label("IP address")).to_be_checked()
+    sizes = table_overflow(page)
+    assert sizes["scroll"] <= sizes["client"], sizes
+    shot()
+
+    # For this view only: the URL names the columns; the user's own are untouched.
+    page.locator("[data-columns-menu]").get_by_label("Device type").check()
+    page.locator("[data-columns-menu]").get_by_role("button", name="This view only").click()
+    expect_url(page, r"[?&]cols=")
+    assert "device_type" in query(page)["cols"][0].split(",")
+    expect(page.locator("thead th.col-device_type")).to_have_count(1)
+    page.goto(f"{world.base_url}/devices/")
+    expect(page.locator("thead th.col-ip")).to_have_count(1)
+    assert header_keys(page) == chosen
+    assert_no_console_errors(page)

@@ -213,6 +213,9 @@ def test_worker_down_then_one_catch_up_run_at_true_deadlines(make_stack, down: s
     load = HeartbeatLoad(stack.base_url, devices, period=0.7).start()
     try:
         wait_until(lambda: _all_online(stack, uuids), timeout=30, what="every device's heartbeat online")
+        # A starved load generator on a busy machine can let a deadline pass while the devices
+        # come up: that expiry is real, and not what this test is about.
+        settled_at = _db_now(stack)
         stack.stop("worker")
         if down == "worker+beat":
             stack.stop("beat")
@@ -238,7 +241,7 @@ def test_worker_down_then_one_catch_up_run_at_true_deadlines(make_stack, down: s
         stack.sql("SELECT uuid, heartbeat_deadline FROM devices_device WHERE api_heartbeat_state = 'offline'")
     )
     for u in silent:
-        offline = _expiries(transitions, u)
+        offline = [t for t in _expiries(transitions, u) if t[2] > settled_at]
         assert len(offline) == 1, f"{u}: {offline}"
         at = offline[0][2]
         # Stamped at the deadline (last fetch + window), long before the worker came back.
@@ -247,7 +250,7 @@ def test_worker_down_then_one_catch_up_run_at_true_deadlines(make_stack, down: s
             f"{u}: transition at {at} is not its true deadline (worker back at {returned_at})"
         )
     alive = [u for u in uuids if u not in silent]
-    assert not [u for u in alive if _expiries(transitions, u)]
+    assert not [u for u in alive if [t for t in _expiries(transitions, u) if t[2] > settled_at]]
     # One catch-up run per group of shards expired them all; the runs after it had nothing to do.
     new_runs = stack.sweep_runs()[runs_before:]
     expiring = [line for line in new_runs if "'expired': 0" not in line]

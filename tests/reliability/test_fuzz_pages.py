@@ -58,13 +58,14 @@ nasty_text = st.one_of(
             "-status",
             "fleet",
             "__proto__",
+            "uuid,ip,,name",
         ]
     ),
 )
 # Real parameter names (the pages' and the admin's) and random ones.
 page_params = st.lists(
     st.tuples(
-        st.sampled_from(["status", "fleet", "q", "sort", "page", "per_page", "o", "format", "hx", "x"])
+        st.sampled_from(["status", "fleet", "q", "sort", "page", "cols", "per_page", "o", "format", "hx", "x"])
         | st.text(max_size=10),
         nasty_text,
     ),

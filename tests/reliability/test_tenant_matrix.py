@@ -56,6 +56,7 @@ URL_CLASSES = {
     "readapi:metrics": "metrics",
     "readapi:tokens": "account-page",
     "readapi:revoke": "account-post",
+    "devices:columns": "saved-views",
     "devices:view-save": "saved-views",
     "devices:view-rename": "saved-views",
     "devices:view-delete": "saved-views",
@@ -274,19 +275,22 @@ def notification_cases(key: str, world) -> list[Case]:
 
 
 def saved_view_cases(key: str, world) -> list[Case]:
-    """POST-only forms; another user's or organization's view is a 404; no form data is refused."""
+    """POST-only forms (saved views, the column chooser); another user's or organization's view is a
+    404; no form data is refused."""
     from devices.models import SavedView
 
     mine = world["mine"]
     owner = mine.organization.memberships.get().user
     view = SavedView.objects.get_or_create(organization=mine.organization, owner=owner, name="matrix-view")[0]
     url = {
+        "devices:columns": "/devices/columns/",
         "devices:view-save": "/devices/views/",
         "devices:view-rename": f"/devices/views/{view.pk}/rename/",
         "devices:view-delete": f"/devices/views/{view.pk}/delete/",
     }[key]
     cases = [Case(url, v, 405) for v in VISITORS] + [Case(url, "anon", 302, redirect_to="/login/", method="post")]
-    if key == "devices:view-save":
+    if key in ("devices:view-save", "devices:columns"):
+        # Nothing of an organization's: the user's own (the column choice) or a form to fill.
         return cases + [Case(url, v, 400, method="post") for v in ("member", "other", "staff")]
     cases += [Case(url, v, 404, method="post") for v in ("other", "staff")]
     return cases + [Case(url, "member", 400 if key == "devices:view-rename" else 303, method="post")]

@@ -82,7 +82,7 @@ def backwards(apps, schema_editor):
 
 class Migration(migrations.Migration):
     dependencies = [
-        ("devices", "0008_saved_views"),
+        ("devices", "0009_device_columns"),
     ]
 
     operations = [
