@@ -187,7 +187,32 @@ P8_VARIANTS = [
     # Two hex digits: the name's UUID part, or a UUID prefix.
     ("search '7c' (2 hex digits)", "/devices/?q=7c"),
     ("search '10.' (common IP prefix)", "/devices/?q=10."),
+    # Tags (tag_bench_large below): a tenth, a hundredth, and both at once (AND).
+    ("tag customer:acme-3 (10 %)", "/devices/?tag=customer:acme-3"),
+    ("tag location:site-43 (1 %)", "/devices/?tag=location:site-43"),
+    ("tags customer and location (AND)", "/devices/?tag=customer:acme-3&tag=location:site-43"),
 ]
+
+
+def tag_bench_large(org_id: int) -> None:
+    """Give every bench-large device a customer (10 values) and a location (100 values) tag, once.
+
+    Tags change no device row, so adding them after the seed leaves every other figure's data alone.
+    """
+    from django.db import connection
+
+    from devices.models import DeviceTag
+
+    table = DeviceTag._meta.db_table
+    with connection.cursor() as cur:
+        for key, values in (("customer", "'acme-' || (id %% 10)"), ("location", "'site-' || (id %% 100)")):
+            cur.execute(
+                f"""INSERT INTO {table} (device_id, organization_id, key, value)
+                    SELECT id, organization_id, %s, {values} FROM devices_device WHERE organization_id = %s
+                    ON CONFLICT DO NOTHING""",
+                [key, org_id],
+            )
+        cur.execute(f"ANALYZE {table}")
 
 
 def p8(ctx: Context) -> list[Row]:
@@ -198,6 +223,7 @@ def p8(ctx: Context) -> list[Row]:
     fold_counts(ctx)
     client = client_for("bench-large-member")
     org = Organization.objects.get(slug="bench-large")
+    tag_bench_large(org.pk)
     big_n = ctx.meta["orgs"]["bench-large"]["devices"]
     rows = []
     for label, url in P8_VARIANTS:
