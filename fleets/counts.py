@@ -104,24 +104,15 @@ def install_triggers(connection=default_connection) -> bool:
     missing = [name for name in trigger_names(connection) if name not in installed_triggers(connection)]
     if not missing:
         return False
-    with connection.cursor() as cur:
-        if connection.vendor == "postgresql":
-            for kind, body in _PG_FUNCTIONS.items():
-                name = f"fs_status_count_{kind}"
-                triggers.create_statement_trigger(
-                    cur,
-                    name,
-                    table=DEVICES,
-                    event=kind.upper(),
-                    referencing=_PG_REFERENCING[kind],
-                    body=body,
-                    create_trigger=name in missing,
-                )
-        elif connection.vendor == "sqlite":
-            for kind, definition in _SQLITE_TRIGGERS.items():
-                triggers.create_row_trigger(cur, f"fs_status_count_{kind}", definition)
-        else:  # pragma: no cover - the project supports these two
-            raise NotImplementedError(connection.vendor)
+    triggers.install_set(
+        connection,
+        prefix="fs_status_count_",
+        table=DEVICES,
+        missing=missing,
+        pg_functions=_PG_FUNCTIONS,
+        pg_referencing=_PG_REFERENCING,
+        sqlite_triggers=_SQLITE_TRIGGERS,
+    )
     return True
 
 

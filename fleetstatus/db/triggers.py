@@ -38,6 +38,38 @@ def create_row_trigger(cur, name: str, definition: str) -> None:
     cur.execute(f"CREATE TRIGGER IF NOT EXISTS {name} {definition}")
 
 
+def install_set(
+    connection: BaseDatabaseWrapper,
+    *,
+    prefix: str,
+    table: str,
+    missing: list[str],
+    pg_functions: dict[str, str],
+    pg_referencing: dict[str, str],
+    sqlite_triggers: dict[str, str],
+) -> None:
+    """One set of triggers on `table`, named prefix + kind: on PostgreSQL every function is
+    (re)defined and the missing triggers created; on SQLite the row triggers are created if absent."""
+    with connection.cursor() as cur:
+        if connection.vendor == "postgresql":
+            for kind, body in pg_functions.items():
+                name = f"{prefix}{kind}"
+                create_statement_trigger(
+                    cur,
+                    name,
+                    table=table,
+                    event=kind.upper(),
+                    referencing=pg_referencing[kind],
+                    body=body,
+                    create_trigger=name in missing,
+                )
+        elif connection.vendor == "sqlite":
+            for kind, definition in sqlite_triggers.items():
+                create_row_trigger(cur, f"{prefix}{kind}", definition)
+        else:  # pragma: no cover - the project supports these two
+            raise NotImplementedError(connection.vendor)
+
+
 def drop(name: str, table: str, connection: BaseDatabaseWrapper) -> None:
     with connection.cursor() as cur:
         if connection.vendor == "postgresql":
