@@ -53,13 +53,6 @@ _PG_FUNCTIONS = {
     # DELETE, not TRUNCATE: a TRUNCATE of both tables at once (a test flush) has this one in use.
     "truncate": f"DELETE FROM {SEARCH};",
 }
-_PG_REFERENCING = {
-    "insert": "REFERENCING NEW TABLE AS fs_new",
-    "delete": "REFERENCING OLD TABLE AS fs_old",
-    "update": "REFERENCING OLD TABLE AS fs_old NEW TABLE AS fs_new",
-    "truncate": "",
-}
-
 _SQLITE_TRIGGERS = {
     "insert": f"""AFTER INSERT ON {DEVICES} BEGIN
         INSERT INTO {SEARCH} ({_COLUMNS}) VALUES ({_select("NEW")});
@@ -94,7 +87,6 @@ def install_triggers(connection=default_connection) -> bool:
         table=DEVICES,
         missing=missing,
         pg_functions=_PG_FUNCTIONS,
-        pg_referencing=_PG_REFERENCING,
         sqlite_triggers=_SQLITE_TRIGGERS,
     )
     return bool(missing)

@@ -63,13 +63,6 @@ _PG_FUNCTIONS = {
         ) AS changes GROUP BY 1, 2, 3 HAVING sum(n) <> 0;""",
     "truncate": f"DELETE FROM {DELTAS}; DELETE FROM {COUNTS};",
 }
-_PG_REFERENCING = {
-    "insert": "REFERENCING NEW TABLE AS fs_new",
-    "delete": "REFERENCING OLD TABLE AS fs_old",
-    "update": "REFERENCING OLD TABLE AS fs_old NEW TABLE AS fs_new",
-    "truncate": "",
-}
-
 _SQLITE_TRIGGERS = {
     "insert": f"""AFTER INSERT ON {DEVICES} BEGIN
         INSERT INTO {DELTAS} (organization_id, fleet_id, status, n)
@@ -110,7 +103,6 @@ def install_triggers(connection=default_connection) -> bool:
         table=DEVICES,
         missing=missing,
         pg_functions=_PG_FUNCTIONS,
-        pg_referencing=_PG_REFERENCING,
         sqlite_triggers=_SQLITE_TRIGGERS,
     )
     return True

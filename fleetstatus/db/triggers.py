@@ -38,6 +38,15 @@ def create_row_trigger(cur, name: str, definition: str) -> None:
     cur.execute(f"CREATE TRIGGER IF NOT EXISTS {name} {definition}")
 
 
+# What a statement trigger's function sees of the rows, by event (transition tables).
+REFERENCING = {
+    "insert": "REFERENCING NEW TABLE AS fs_new",
+    "delete": "REFERENCING OLD TABLE AS fs_old",
+    "update": "REFERENCING OLD TABLE AS fs_old NEW TABLE AS fs_new",
+    "truncate": "",
+}
+
+
 def install_set(
     connection: BaseDatabaseWrapper,
     *,
@@ -45,7 +54,6 @@ def install_set(
     table: str,
     missing: list[str],
     pg_functions: dict[str, str],
-    pg_referencing: dict[str, str],
     sqlite_triggers: dict[str, str],
 ) -> None:
     """One set of triggers on `table`, named prefix + kind: on PostgreSQL every function is
@@ -59,7 +67,7 @@ def install_set(
                     name,
                     table=table,
                     event=kind.upper(),
-                    referencing=pg_referencing[kind],
+                    referencing=REFERENCING[kind],
                     body=body,
                     create_trigger=name in missing,
                 )
