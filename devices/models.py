@@ -207,13 +207,22 @@ class DeviceSearch(models.Model):
     overall_status = models.CharField(max_length=24)
     # UPPER(name), computed by the database: matching it costs no UPPER() per row and per search.
     name = models.CharField(max_length=100)
+    # The name as it is: the Devices page sorted by name with a search or a tag filter takes its
+    # page of device ids from these rows (devsearch_org_name), not from the much wider devices.
+    sort_name = models.CharField(max_length=100)
     ip_address = models.CharField(max_length=255)
     uuid = models.CharField(max_length=62)
+    # The device's tags, one "key=value" line each in key order (devices.search.TAG_SEPARATOR); a
+    # database default so the triggers' INSERTs need not name it.
+    tags = models.TextField(db_default="", default="")
 
     class Meta:
-        # PostgreSQL-only indexes (trigram GIN for name and IP contains, the UUID prefix) are made
-        # by migration 0010 outside the model state.
-        indexes = [models.Index(fields=["organization_id", "device_id"], name="devsearch_org_device")]
+        # PostgreSQL-only indexes (trigram GIN for name and IP contains, the UUID prefix; GIN over
+        # the tag lines) are made by migrations 0010 and 0011 outside the model state.
+        indexes = [
+            models.Index(fields=["organization_id", "device_id"], name="devsearch_org_device"),
+            models.Index(fields=["organization_id", "sort_name", "device_id"], name="devsearch_org_name"),
+        ]
 
     def __str__(self) -> str:
         return f"{self.device_id}: {self.name}"

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 from django.core.exceptions import ValidationError
 from django.core.paginator import Page, Paginator
-from django.db.models import Count, F, Q, QuerySet, Subquery, Value
+from django.db.models import BooleanField, Count, F, Func, Q, QuerySet, Subquery, Value
 from django.db.models.functions import Upper
 from django.http import HttpRequest, QueryDict
 
@@ -361,31 +361,70 @@ def search_condition(q: str) -> Q:
     return condition
 
 
+class HasTags(Func):
+    """On DeviceSearch: the device has every one of these (key, value) tags.
+
+    PostgreSQL: the tag lines as an array contain the wanted ones, the expression of the GIN index
+    devsearch_tags (migration 0011), which intersects the tags' devices in one lookup. SQLite:
+    each wanted line is in the lines."""
+
+    output_field = BooleanField()
+
+    def __init__(self, tags: Iterable[tuple[str, str]]) -> None:
+        super().__init__(F("tags"))
+        self.lines = [f"{key}={value}" for key, value in tags]
+
+    def as_sql(self, compiler, connection, **extra_context):
+        column, params = compiler.compile(self.source_expressions[0])
+        sql = " AND ".join(f"instr(char(10) || {column} || char(10), %s) > 0" for _ in self.lines)
+        return f"({sql})", [value for line in self.lines for value in (*params, f"\n{line}\n")]
+
+    def as_postgresql(self, compiler, connection, **extra_context):
+        column, params = compiler.compile(self.source_expressions[0])
+        return f"string_to_array({column}, chr(10)) @> %s::text[]", [*params, self.lines]
+
+
 def search_matches(query: DeviceQuery) -> QuerySet[DeviceSearch]:
-    """The search rows of the devices `query.q` finds, in its organizations (and fleets).
+    """The search rows of the devices `query.q` and `query.tags` find, in its organizations (and
+    fleets).
 
     The search reads this narrow copy (devices/search.py), not the device table: its trigram
-    indexes find a rare match, and a one- or two-character search reads the organization's rows
-    here rather than the much wider devices."""
+    indexes find a rare match, its tag index the devices with every tag asked for, and a one- or
+    two-character search reads the organization's rows here rather than the much wider devices."""
     rows = DeviceSearch.objects.filter(organization_id__in=query.organization_ids)
     if query.fleets:
         rows = rows.filter(fleet_id__in=[f.pk for f in query.fleets])
-    return rows.filter(search_condition(query.q))
+    if query.q:
+        rows = rows.filter(search_condition(query.q))
+    if query.tags:
+        rows = rows.filter(HasTags(query.tags))
+    return rows
+
+
+def page_from_search(query: DeviceQuery) -> bool:
+    """Whether the page's device ids come from the search rows alone (search_page_ids): sorted by
+    name and narrowed by a search or tags, and by nothing those rows do not hold."""
+    return query.sort == "name" and bool(query.q or query.tags) and not query.update_statuses
+
+
+def search_page_ids(query: DeviceQuery) -> QuerySet[DeviceSearch]:
+    """The matching device ids in the page's order (name, then id), from the search rows: walked
+    in order on (organization, name, device) when matches are common, sorted among the few
+    otherwise; either way the rows read are narrow, and only the page's devices are fetched."""
+    rows = search_matches(query)
+    if query.statuses:
+        rows = rows.filter(overall_status__in=query.statuses)
+    order = ("-sort_name", "-device_id") if query.descending else ("sort_name", "device_id")
+    return rows.order_by(*order).values_list("device_id", flat=True)
 
 
 def filter_devices(devices: QuerySet[Device], query: DeviceQuery, *, with_status: bool = True) -> QuerySet[Device]:
     if query.fleets:
         devices = devices.filter(fleet_id__in=[f.pk for f in query.fleets])
-    if query.q:
+    if query.q or query.tags:
         devices = devices.filter(pk__in=search_matches(query).values("device_id"))
     if query.update_statuses:
         devices = devices.filter(update_status__in=query.update_statuses)
-    for key, value in query.tags:
-        # A semi-join per tag (AND): each is one range of (organization, key, value, device) on the
-        # tags, scoped to the same organizations as the devices so no other organization's tag
-        # can match.
-        tagged = DeviceTag.objects.filter(key=key, value=value, organization_id__in=query.organization_ids)
-        devices = devices.filter(pk__in=tagged.values("device_id"))
     if with_status and query.statuses:
         devices = devices.filter(overall_status__in=query.statuses)
     return devices
@@ -439,9 +478,9 @@ def device_status_counts(organizations: list[Organization], query: DeviceQuery) 
     Organizations and fleets come from the counts the database keeps (fleets/counts.py): the same
     cost for a hundred devices or a million. A search has to look at the devices themselves.
     """
-    if query.q and not (query.tags or query.update_statuses):
+    if (query.q or query.tags) and not query.update_statuses:
         # The search rows carry the status: counting a broad search (one letter matches most
-        # devices) reads those narrow rows alone, not the devices.
+        # devices) or a common tag reads those narrow rows alone, not the devices.
         return status_counts(search_matches(query))
     if query.narrowed:
         return status_counts(filter_devices(scoped_devices(organizations), query, with_status=False))

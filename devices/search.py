@@ -12,6 +12,9 @@ HOT update into the free space the fillfactor leaves).
   fleets/counts.py read the same transition tables), and TRUNCATE empties it. SQLite: row-level
   triggers. Every path is covered: the services, the sweep's and tunnel events' bulk UPDATEs,
   the admin, raw SQL, deletion.
+- Tags: the row also holds the device's tags as "key=value" lines in key order, kept by triggers on
+  devices_devicetag, so a tag filter (PostgreSQL: a GIN index on the lines as an array) and the
+  counts of its matches read these rows too, whatever the number of tags asked for.
 - rebuild() copies every device again (locking out device writes meanwhile): post_migrate runs it
   when the triggers were missing (and always on SQLite, whose table rebuilds drop triggers), a
   bulk load with triggers off must call it (benchmarks/seed.py does), and
@@ -27,16 +30,36 @@ from fleetstatus.db import triggers
 
 DEVICES = "devices_device"
 SEARCH = "devices_devicesearch"
+TAGS = "devices_devicetag"
 PREFIX = "fs_device_search_"
-_COLUMNS = "device_id, organization_id, fleet_id, overall_status, name, ip_address, uuid"
-# The device columns each is copied from (name upper-cased by the database, as the search is).
-_SOURCES = ("id", "organization_id", "fleet_id", "overall_status", "upper(name)", "ip_address", "uuid")
+TAG_PREFIX = "fs_device_search_tags_"
+# One line per tag: values are printable (no line break) and keys have no "=".
+TAG_SEPARATOR = "\n"
+_COLUMNS = "device_id, organization_id, fleet_id, overall_status, name, sort_name, ip_address, uuid"
+# The device columns each is copied from (name upper-cased by the database, as the search is; as
+# it is for the name sort).
+_SOURCES = ("id", "organization_id", "fleet_id", "overall_status", "upper(name)", "name", "ip_address", "uuid")
 _WATCHED = ("organization_id", "fleet_id", "overall_status", "name", "ip_address", "uuid")
 
 
 def _select(alias: str) -> str:
     """The copied values of the device row `alias`, in _COLUMNS order."""
     return ", ".join(f"upper({alias}.name)" if source == "upper(name)" else f"{alias}.{source}" for source in _SOURCES)
+
+
+def _pg_tags_of(device: str) -> str:
+    return (
+        f"coalesce((SELECT string_agg(t.key || '=' || t.value, chr(10) ORDER BY t.key) FROM {TAGS} t "
+        f"WHERE t.device_id = {device}), '')"
+    )
+
+
+def _sqlite_tags_of(device: str) -> str:
+    # group_concat keeps the order of its ordered subquery.
+    return (
+        f"coalesce((SELECT group_concat(kv, char(10)) FROM (SELECT key || '=' || value AS kv FROM {TAGS} "
+        f"WHERE device_id = {device} ORDER BY key)), '')"
+    )
 
 
 _PG_FUNCTIONS = {
@@ -46,12 +69,23 @@ _PG_FUNCTIONS = {
     # nothing here.
     "update": f"""
         UPDATE {SEARCH} s SET organization_id = n.organization_id, fleet_id = n.fleet_id,
-            overall_status = n.overall_status, name = upper(n.name), ip_address = n.ip_address, uuid = n.uuid
+            overall_status = n.overall_status, name = upper(n.name), sort_name = n.name,
+            ip_address = n.ip_address, uuid = n.uuid
         FROM fs_new n JOIN fs_old o ON o.id = n.id
         WHERE s.device_id = n.id
           AND ({", ".join(f"o.{c}" for c in _WATCHED)}) IS DISTINCT FROM ({", ".join(f"n.{c}" for c in _WATCHED)});""",
     # DELETE, not TRUNCATE: a TRUNCATE of both tables at once (a test flush) has this one in use.
     "truncate": f"DELETE FROM {SEARCH};",
+}
+# On the tags: the lines of every device whose tags a statement wrote, written again.
+_PG_TAG_FUNCTIONS = {
+    "insert": f"UPDATE {SEARCH} s SET tags = {_pg_tags_of('s.device_id')} "
+    "WHERE s.device_id IN (SELECT device_id FROM fs_new);",
+    "delete": f"UPDATE {SEARCH} s SET tags = {_pg_tags_of('s.device_id')} "
+    "WHERE s.device_id IN (SELECT device_id FROM fs_old);",
+    "update": f"UPDATE {SEARCH} s SET tags = {_pg_tags_of('s.device_id')} "
+    "WHERE s.device_id IN (SELECT device_id FROM fs_old UNION SELECT device_id FROM fs_new);",
+    "truncate": f"UPDATE {SEARCH} SET tags = '' WHERE tags <> '';",
 }
 _SQLITE_TRIGGERS = {
     "insert": f"""AFTER INSERT ON {DEVICES} BEGIN
@@ -59,8 +93,8 @@ _SQLITE_TRIGGERS = {
     END""",
     "update": f"""AFTER UPDATE OF {", ".join(_WATCHED)} ON {DEVICES} BEGIN
         UPDATE {SEARCH} SET organization_id = NEW.organization_id, fleet_id = NEW.fleet_id,
-            overall_status = NEW.overall_status, name = upper(NEW.name), ip_address = NEW.ip_address,
-            uuid = NEW.uuid
+            overall_status = NEW.overall_status, name = upper(NEW.name), sort_name = NEW.name,
+            ip_address = NEW.ip_address, uuid = NEW.uuid
         WHERE device_id = OLD.id;
     END""",
     "delete": f"""AFTER DELETE ON {DEVICES} BEGIN
@@ -69,32 +103,64 @@ _SQLITE_TRIGGERS = {
 }
 
 
+_SQLITE_TAG_TRIGGERS = {
+    "insert": f"""AFTER INSERT ON {TAGS} BEGIN
+        UPDATE {SEARCH} SET tags = {_sqlite_tags_of("NEW.device_id")} WHERE device_id = NEW.device_id;
+    END""",
+    "update": f"""AFTER UPDATE ON {TAGS} BEGIN
+        UPDATE {SEARCH} SET tags = {_sqlite_tags_of(f"{SEARCH}.device_id")}
+        WHERE device_id IN (OLD.device_id, NEW.device_id);
+    END""",
+    "delete": f"""AFTER DELETE ON {TAGS} BEGIN
+        UPDATE {SEARCH} SET tags = {_sqlite_tags_of("OLD.device_id")} WHERE device_id = OLD.device_id;
+    END""",
+}
+# (table, prefix, PostgreSQL functions, SQLite triggers) of each set of triggers keeping the copy.
+_SETS = (
+    (DEVICES, PREFIX, _PG_FUNCTIONS, _SQLITE_TRIGGERS),
+    (TAGS, TAG_PREFIX, _PG_TAG_FUNCTIONS, _SQLITE_TAG_TRIGGERS),
+)
+
+
+def _names(prefix: str, pg_functions: dict, sqlite_triggers: dict, connection) -> list[str]:
+    kinds = pg_functions if connection.vendor == "postgresql" else sqlite_triggers
+    return [f"{prefix}{kind}" for kind in kinds]
+
+
 def trigger_names(connection=default_connection) -> list[str]:
-    kinds = _PG_FUNCTIONS if connection.vendor == "postgresql" else _SQLITE_TRIGGERS
-    return [f"{PREFIX}{kind}" for kind in kinds]
+    return [name for _, prefix, pg, lite in _SETS for name in _names(prefix, pg, lite, connection)]
 
 
 def installed_triggers(connection=default_connection) -> set[str]:
-    return triggers.installed(DEVICES, connection) & set(trigger_names(connection))
+    found = set().union(*(triggers.installed(table, connection) for table, *_ in _SETS))
+    return found & set(trigger_names(connection))
 
 
 def install_triggers(connection=default_connection) -> bool:
     """Create the triggers that are missing (on PostgreSQL, refresh every function); True when any was."""
-    missing = [name for name in trigger_names(connection) if name not in installed_triggers(connection)]
-    triggers.install_set(
-        connection,
-        prefix=PREFIX,
-        table=DEVICES,
-        missing=missing,
-        pg_functions=_PG_FUNCTIONS,
-        sqlite_triggers=_SQLITE_TRIGGERS,
-    )
-    return bool(missing)
+    installed = installed_triggers(connection)
+    any_missing = False
+    for table, prefix, pg_functions, sqlite_triggers in _SETS:
+        missing = [name for name in _names(prefix, pg_functions, sqlite_triggers, connection) if name not in installed]
+        triggers.install_set(
+            connection,
+            prefix=prefix,
+            table=table,
+            missing=missing,
+            pg_functions=pg_functions,
+            sqlite_triggers=sqlite_triggers,
+        )
+        any_missing = any_missing or bool(missing)
+    return any_missing
 
 
-def drop_triggers(connection=default_connection) -> None:
-    for name in trigger_names(connection):
-        triggers.drop(name, DEVICES, connection)
+def drop_triggers(connection=default_connection, *, table: str | None = None) -> None:
+    """Drop the triggers (only those on `table` when given)."""
+    for on, prefix, pg_functions, sqlite_triggers in _SETS:
+        if table not in (None, on):
+            continue
+        for name in _names(prefix, pg_functions, sqlite_triggers, connection):
+            triggers.drop(name, on, connection)
 
 
 def rebuild(connection=default_connection) -> int:
@@ -103,13 +169,15 @@ def rebuild(connection=default_connection) -> int:
     Device writes wait while it runs (SHARE lock on PostgreSQL, the write lock on SQLite)."""
     with transaction.atomic(using=connection.alias), connection.cursor() as cur:
         if connection.vendor == "postgresql":
-            cur.execute(f"LOCK TABLE {DEVICES} IN SHARE MODE")
+            cur.execute(f"LOCK TABLE {DEVICES}, {TAGS} IN SHARE MODE")
             cur.execute(f"TRUNCATE {SEARCH}")
         else:
             cur.execute(f"DELETE FROM {SEARCH}")
         # In organization order: a search reads one organization's rows, which then share pages.
+        tags = _pg_tags_of("d.id") if connection.vendor == "postgresql" else _sqlite_tags_of("d.id")
         cur.execute(
-            f"INSERT INTO {SEARCH} ({_COLUMNS}) SELECT {_select('d')} FROM {DEVICES} d ORDER BY d.organization_id, d.id"
+            f"INSERT INTO {SEARCH} ({_COLUMNS}, tags) SELECT {_select('d')}, {tags} FROM {DEVICES} d "
+            "ORDER BY d.organization_id, d.id"
         )
         written = cur.rowcount
     return int(written)
@@ -117,10 +185,11 @@ def rebuild(connection=default_connection) -> int:
 
 def mismatches(connection=default_connection) -> list[int]:
     """Ids of devices whose copy is missing, stale or left over (at most 100); [] when exact."""
-    distinct = "IS DISTINCT FROM" if connection.vendor == "postgresql" else "IS NOT"
+    postgresql = connection.vendor == "postgresql"
+    distinct = "IS DISTINCT FROM" if postgresql else "IS NOT"
+    values = [*_select("d").split(", "), _pg_tags_of("d.id") if postgresql else _sqlite_tags_of("d.id")]
     differs = " OR ".join(
-        f"{value} {distinct} s.{column}"
-        for value, column in zip(_select("d").split(", "), _COLUMNS.split(", "), strict=True)
+        f"{value} {distinct} s.{column}" for value, column in zip(values, [*_COLUMNS.split(", "), "tags"], strict=True)
     )
     with connection.cursor() as cur:
         cur.execute(

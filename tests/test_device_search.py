@@ -169,3 +169,36 @@ def test_a_flush_between_tests_leaves_no_search_rows(org, fleet, make_device):
 @pytest.mark.django_db(transaction=True)
 def test_after_the_flush():
     assert not DeviceSearch.objects.exists()
+
+
+def test_tag_lines_follow_every_tag_write(org, fleet, make_device):
+    a, b = make_device(name="a"), make_device(name="b")
+
+    def lines(device: Device) -> str:
+        return DeviceSearch.objects.get(device_id=device.pk).tags
+
+    assert lines(a) == ""
+    services.set_tag(Device.objects.filter(pk__in=[a.pk, b.pk]), "zone", "north")
+    services.set_tag(Device.objects.filter(pk=a.pk), "customer", "acme = one")
+    # Key order, one line each; a value may hold "=" (only the first one splits).
+    assert lines(a) == "customer=acme = one\nzone=north" and lines(b) == "zone=north"
+    services.set_tag(Device.objects.filter(pk=a.pk), "zone", "south")  # a new value for a key
+    assert lines(a) == "customer=acme = one\nzone=south"
+    services.set_tag(Device.objects.filter(pk__in=[a.pk, b.pk]), "zone", None)  # removed
+    assert lines(a) == "customer=acme = one" and lines(b) == ""
+    with connection.cursor() as cur:  # raw SQL and a key renamed in place (an UPDATE)
+        cur.execute("UPDATE devices_devicetag SET key = 'client' WHERE device_id = %s", [a.pk])
+    assert lines(a) == "client=acme = one"
+    a.delete()  # its tags go first, then its row
+    assert not DeviceSearch.objects.filter(device_id=a.pk).exists()
+    assert search.mismatches() == []
+
+
+def test_rebuild_copies_the_tags(org, fleet, make_device):
+    a = make_device(name="a")
+    services.set_tag(Device.objects.filter(pk=a.pk), "zone", "north")
+    DeviceSearch.objects.filter(device_id=a.pk).update(tags="")
+    assert search.mismatches() == [a.pk]
+    search.rebuild()
+    assert DeviceSearch.objects.get(device_id=a.pk).tags == "zone=north"
+    assert search.mismatches() == []

@@ -491,6 +491,8 @@ def test_boosted_request_gets_the_full_page(owner_client):
 # session, user, memberships (with the user's column choice), status counts, rows, the rows' tags (one query;
 # the Tags column is a default one), fleet choices, saved views menu, dead-man's switch
 FULL_PAGE_QUERIES = 9
+# Sorted by name with a search or tags: the page's ids from the search rows, then those devices.
+SEARCH_PAGE_QUERIES = FULL_PAGE_QUERIES + 1
 # the same without the fleet choices of the filter form
 FRAGMENT_QUERIES = 7
 
@@ -578,7 +580,8 @@ def test_short_and_broad_searches_count_and_list_from_the_search_rows(owner_clie
         counts = status_counts(response)
         assert counts["all"] == len(found), q
         assert counts["offline"] == len([d for d in found if d.overall_status == "offline"]), q
-        assert _queries(owner_client, f"{URL}?q={q}") == FULL_PAGE_QUERIES
+        assert _queries(owner_client, f"{URL}?q={q}") == SEARCH_PAGE_QUERIES
+        assert _queries(owner_client, f"{URL}?q={q}&sort=status") == FULL_PAGE_QUERIES
     # With a fleet, from the same rows; with a status, the page lists that status alone.
     assert row_uuids(owner_client.get(URL, {"q": "ob", "fleet": "robots"})) == [robot.uuid]
     assert status_counts(owner_client.get(URL, {"q": "ob", "fleet": "robots"}))["all"] == 1
@@ -594,13 +597,30 @@ def test_search_wildcards_are_literal(owner_client, make_device):
     assert row_uuids(owner_client.get(URL, {"q": "E_B"})) == [under.uuid]
 
 
-def test_a_search_with_a_tag_filter_counts_from_the_devices(owner_client, make_device):
+def test_a_search_with_a_tag_filter_counts_and_lists_from_the_search_rows(owner_client, make_device):
     tagged = device_in(make_device, "online", name="kiosk-1")
     device_in(make_device, "online", name="kiosk-2")
     services.set_tag(Device.objects.filter(pk=tagged.pk), "site", "gate-b")
     response = owner_client.get(URL, {"q": "kiosk", "tag": "site:gate-b"})
     assert row_uuids(response) == [tagged.uuid] and status_counts(response)["all"] == 1
-    assert _queries(owner_client, f"{URL}?q=kiosk&tag=site:gate-b") == FULL_PAGE_QUERIES
+    assert _queries(owner_client, f"{URL}?q=kiosk&tag=site:gate-b") == SEARCH_PAGE_QUERIES
+    # A filter the search rows do not hold (update status) takes the devices' path.
+    assert row_uuids(owner_client.get(URL, {"q": "kiosk", "tag": "site:gate-b", "update_status": "done"})) == []
+
+
+def test_a_page_from_the_search_rows_is_in_the_devices_name_order(owner_client, make_device, other_fleet):
+    """The search rows' name order (ties by id) is the devices' own: the same pages, both ways."""
+    names = ["beta", "Beta", "alpha", "ALPHA", "gamma", "beta", "_x", "Zeta", "zeta", "10", "9"]
+    devices = [device_in(make_device, "offline" if n % 5 else "online", name=names[n % len(names)]) for n in range(57)]
+    device_in(make_device, "online", name="elsewhere", fleet=other_fleet)  # another organization's
+    services.set_tag(Device.objects.filter(pk__in=[d.pk for d in devices]), "site", "all")
+    for sort in ("name", "-name"):
+        for page in ("1", "2"):
+            everything = row_uuids(owner_client.get(URL, {"sort": sort, "page": page}))
+            tagged = row_uuids(owner_client.get(URL, {"sort": sort, "page": page, "tag": "site:all"}))
+            assert tagged == everything and len(tagged) == (50 if page == "1" else 7), (sort, page)
+    online = row_uuids(owner_client.get(URL, {"tag": "site:all", "status": "online"}))
+    assert online == row_uuids(owner_client.get(URL, {"status": "online"})) and len(online) == 12
 
 
 def test_status_changes_show_on_the_next_poll(owner_client, make_device):

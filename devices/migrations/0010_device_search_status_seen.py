@@ -46,8 +46,6 @@ def _trgm_ops(schema_editor) -> str:
 
 
 def forwards(apps, schema_editor):
-    from devices import search
-
     connection = schema_editor.connection
     postgresql = connection.vendor == "postgresql"
     if postgresql:
@@ -56,11 +54,8 @@ def forwards(apps, schema_editor):
             schema_editor.execute(f"DROP INDEX IF EXISTS {name}")
         for name, definition in DEVICE_INDEXES.items():
             schema_editor.execute(f"CREATE INDEX IF NOT EXISTS {name} {definition}")
-    # The triggers first: once they exist, the SHARE lock rebuild() takes holds off device writes
-    # until this transaction commits, so the copy is exact. The GIN indexes after the copy: built
-    # once, not row by row.
-    search.install_triggers(connection)
-    search.rebuild(connection)
+    # The triggers and the copy of the devices come with migration 0011: devices/search.py writes
+    # the newest shape of the table, which has the tag lines 0011 adds.
     if postgresql:
         ops = _trgm_ops(schema_editor)
         for name, definition in SEARCH_INDEXES.items():
