@@ -1,8 +1,8 @@
 """The fleet page (/fleets/<org>/<fleet>/): counts now, a stacked-area chart over time, incidents.
 
 The chart is SVG drawn by the template from points computed here (no chart library). Its data are
-the fleet's count snapshots (fleets/history.py): the page reads them in one query whatever the
-fleet's size, so a 100,000-device fleet costs the same queries as a 3-device one.
+the fleet's count snapshots (fleets/history.py): the page reads chart and incidents in one query
+whatever the fleet's size, so a 100,000-device fleet costs the same queries as a 3-device one.
 """
 
 from __future__ import annotations
@@ -220,11 +220,12 @@ def fleet_detail(request: HttpRequest, org_slug: str, fleet_slug: str) -> HttpRe
     counts = status_counts([organization.pk], [fleet.pk])
     # The kept counts (with pending deltas) are the newest point: the chart ends at "now".
     now_point = Point(now, counts)
-    cols = columns(history.column_points(fleet.pk, start, now, step), start, now, step, now_point)
+    threshold = incident_threshold(fleet)
+    points, periods = history.read(fleet.pk, start, now, step, threshold)
+    cols = columns(points, start, now, step, now_point)
     shown = [s for s in STATUS_SLUGS if counts[s] or any(c.counts[s] for c in cols)]
     devices_url = f"{reverse('devices:list')}?{urlencode({'fleet': f'{organization.slug}/{fleet.slug}'}, safe='/')}"
     total = sum(counts.values())
-    threshold = incident_threshold(fleet)
     context = {
         "page_name": fleet.name,
         "now": now,
@@ -238,7 +239,7 @@ def fleet_detail(request: HttpRequest, org_slug: str, fleet_slug: str) -> HttpRe
         "range_links": [{"key": k, "label": v[0], "selected": k == range_key} for k, v in RANGES.items()],
         "chart": chart(cols, shown),
         "table_statuses": [{"slug": s, "label": status_names.label(s)} for s in shown],
-        "incidents": incidents(history.periods(fleet.pk, start, now, threshold), start, now_point, threshold),
+        "incidents": incidents(periods, start, now_point, threshold),
         "incident_percent": round(100 * threshold),
         "incident_from_channel": fleet.channel_threshold is not None,
         # Channels are the owners' (the Notifications page): members learn the threshold, not the name.
