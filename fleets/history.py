@@ -9,8 +9,9 @@
   says what its counts have been since).
 - A snapshot holds from its `at` until the fleet's next one. The hourly roll-up keeps the hour's
   worst minute (the highest share not Online): a short outage a month ago still shows on the chart.
-- column_points() and periods(): what the fleet page (fleets/fleet_page.py) draws, computed in SQL
-  so the page reads a few hundred rows whatever the number of snapshots in its range.
+- read(): what the fleet page (fleets/fleet_page.py) draws, the chart's columns and the incidents'
+  periods, from one pass over the range's snapshots in SQL, returning a few hundred rows whatever
+  the number of snapshots (column_points() and periods() are its two halves).
 """
 
 from __future__ import annotations
@@ -188,55 +189,11 @@ def _source(fleet_id: int, start: datetime, end: datetime, connection) -> tuple[
         at = "%s"
     sql = f"""SELECT at, {_COLUMN_LIST}, {_SHARE} AS share FROM (
                   SELECT * FROM (SELECT {at} AS at, {_COLUMN_LIST} FROM {SNAPSHOTS}
-                                 WHERE fleet_id = %s AND at <= %s ORDER BY at DESC LIMIT 1) AS carried
+                                 WHERE fleet_id = %s AND at <= %s ORDER BY {SNAPSHOTS}.at DESC LIMIT 1) AS carried
                   UNION ALL
                   SELECT at, {_COLUMN_LIST} FROM {SNAPSHOTS} WHERE fleet_id = %s AND at > %s AND at <= %s
               ) AS snapshots"""
     return sql, [lo, fleet_id, lo, fleet_id, lo, hi]
-
-
-def column_points(
-    fleet_id: int, start: datetime, end: datetime, step: timedelta, connection=default_connection
-) -> dict[int, tuple[Point, Point]]:
-    """{column: (its worst point, its latest point)} for columns of `step` from `start`; one query
-    that returns at most two rows per column, however many snapshots the range holds."""
-    source, params = _source(fleet_id, start, end, connection)
-    if connection.vendor == "postgresql":
-        return _column_points_pg(source, params, start, step, connection)
-    # Whole seconds (julianday()'s float put a snapshot at the end into the column before).
-    column = "CAST((CAST(strftime('%%s', at) AS INTEGER) - CAST(strftime('%%s', %s) AS INTEGER)) / %s AS INTEGER)"
-    sql = f"""SELECT col, worst = 1, latest = 1, at, {_COLUMN_LIST} FROM (
-                  SELECT s.*, row_number() OVER (PARTITION BY col ORDER BY share DESC, at DESC) AS worst,
-                              row_number() OVER (PARTITION BY col ORDER BY at DESC) AS latest
-                  FROM (SELECT {column} AS col, src.* FROM ({source}) AS src) AS s
-              ) AS ranked WHERE worst = 1 OR latest = 1"""
-    found: dict[int, list[Point]] = {}
-    with connection.cursor() as cur:
-        cur.execute(sql, [connection.ops.adapt_datetimefield_value(start), step.total_seconds(), *params])
-        convert = _datetime_converter(connection)
-        for col, is_worst, is_latest, at, *counts in cur.fetchall():
-            point = _point([convert(at), *counts])
-            pair = found.setdefault(int(col), [point, point])
-            if is_worst:
-                pair[0] = point
-            if is_latest:
-                pair[1] = point
-    return {col: (worst, latest) for col, (worst, latest) in found.items()}
-
-
-def _column_points_pg(source: str, params: list, start: datetime, step: timedelta, connection):
-    sql = f"""SELECT col, max(ARRAY[share, ep, {_FLOATS}]), max(ARRAY[ep, share, {_FLOATS}]) FROM (
-                  SELECT floor((ep - %s) / %s)::int AS col, * FROM (
-                      SELECT extract(epoch FROM at)::float8 AS ep, src.* FROM ({source}) AS src) AS e
-              ) AS c GROUP BY col"""
-    with connection.cursor() as cur:
-        cur.execute(sql, [start.timestamp(), step.total_seconds(), *params])
-        rows = cur.fetchall()
-
-    def point(epoch: float, counts: Sequence[float]) -> Point:
-        return Point(datetime.fromtimestamp(epoch, UTC), dict(zip(STATUS_SLUGS, map(int, counts), strict=True)))
-
-    return {col: (point(worst[1], worst[2:]), point(latest[0], latest[2:])) for col, worst, latest in rows}
 
 
 @dataclass(frozen=True)
@@ -249,45 +206,154 @@ class Period:
     peak_at: datetime
 
 
+@dataclass(frozen=True)
+class Cell:
+    """The snapshots of one chart column within one period (the range cut both ways)."""
+
+    col: int
+    period: int
+    above: bool
+    first_at: datetime
+    worst: Point  # highest share, the latest of equals
+    latest: Point
+    peak: float  # highest share, and the earliest moment it was reached
+    peak_at: datetime
+
+
+def read(
+    fleet_id: int,
+    start: datetime,
+    end: datetime,
+    step: timedelta,
+    threshold: float,
+    connection=default_connection,
+) -> tuple[dict[int, tuple[Point, Point]], list[Period]]:
+    """column_points() and periods() from one pass over the range's snapshots: one query that
+    returns a row per (column, period) pair, so at most columns + periods rows."""
+    if connection.vendor == "postgresql":
+        cells = _cells_pg(fleet_id, start, end, step, threshold, connection)
+    else:
+        cells = _cells_sqlite(fleet_id, start, end, step, threshold, connection)
+    columns: dict[int, tuple[Point, Point]] = {}
+    found: list[Period] = []
+    period = None
+    # Cells come in time order (by period, then column): a column's latest cell comes last, a
+    # period's first cell first, and on equal shares a later cell is the worse, an earlier the peak.
+    for cell in cells:
+        worst = columns[cell.col][0] if cell.col in columns else cell.worst
+        if (cell.worst.share, cell.worst.at) > (worst.share, worst.at):
+            worst = cell.worst
+        columns[cell.col] = (worst, cell.latest)
+        if cell.period != period:
+            period = cell.period
+            found.append(Period(cell.first_at, cell.above, cell.peak, cell.peak_at))
+        elif cell.peak > found[-1].peak:
+            found[-1] = Period(found[-1].start, found[-1].above, cell.peak, cell.peak_at)
+    return columns, found
+
+
+def column_points(
+    fleet_id: int, start: datetime, end: datetime, step: timedelta, connection=default_connection
+) -> dict[int, tuple[Point, Point]]:
+    """{column: (its worst point, its latest point)} for columns of `step` from `start`."""
+    return read(fleet_id, start, end, step, 1.0, connection)[0]
+
+
 def periods(
     fleet_id: int, start: datetime, end: datetime, threshold: float, connection=default_connection
 ) -> list[Period]:
-    """The range cut where the share not Online crosses `threshold`, oldest first; one query that
-    returns one row per period (gaps-and-islands over the snapshots)."""
-    source, params = _source(fleet_id, start, end, connection)
-    if connection.vendor == "postgresql":
-        return _periods_pg(source, params, threshold, connection)
-    sql = f"""WITH s AS (SELECT at, share, CASE WHEN share > %s THEN 1 ELSE 0 END AS above FROM ({source}) AS src),
-                   e AS (SELECT at, share, above,
-                                CASE WHEN above = lag(above, 1, -1) OVER (ORDER BY at) THEN 0 ELSE 1 END AS edge
-                         FROM s),
-                   g AS (SELECT at, share, above, sum(edge) OVER (ORDER BY at ROWS UNBOUNDED PRECEDING) AS grp FROM e),
-                   r AS (SELECT at, share, above, grp,
-                                row_number() OVER (PARTITION BY grp ORDER BY share DESC, at) AS rank,
-                                min(at) OVER (PARTITION BY grp) AS first_at
-                         FROM g)
-              SELECT first_at, above, share, at FROM r WHERE rank = 1 ORDER BY first_at"""
+    """The range cut where the share not Online crosses `threshold`, oldest first (gaps and islands
+    over the snapshots)."""
+    return read(fleet_id, start, end, max(end - start, timedelta(seconds=1)), threshold, connection)[1]
+
+
+def _cells_pg(fleet_id: int, start: datetime, end: datetime, step: timedelta, threshold: float, connection):
+    # One index range scan from the snapshot in force at `start` (moved to `start`) to `end`, in
+    # time order. OFFSET 0 keeps the share computed once per row rather than at every use; the
+    # two windows share the scan's order; max() over float arrays picks a whole row by its first
+    # elements in a hash aggregate.
+    sql = f"""SELECT col, grp, bool_or(above), min(ep), max(ARRAY[share, ep, {_COLUMN_LIST}]),
+                     max(ARRAY[ep, share, {_COLUMN_LIST}]), max(ARRAY[share, -ep])
+              FROM (SELECT *, count(*) FILTER (WHERE edge) OVER (ORDER BY at) AS grp FROM (
+                  SELECT *, floor((ep - %(start_ep)s) / %(step)s)::int AS col,
+                         above IS DISTINCT FROM lag(above) OVER (ORDER BY at) AS edge FROM (
+                      SELECT *, share > %(threshold)s AS above FROM (
+                          SELECT at, extract(epoch FROM greatest(at, %(start)s))::float8 AS ep, {_FLOATS}, {_SHARE} AS share
+                          FROM {SNAPSHOTS}
+                          WHERE fleet_id = %(fleet)s AND at <= %(end)s AND at >= coalesce(
+                              (SELECT at FROM {SNAPSHOTS} WHERE fleet_id = %(fleet)s AND at <= %(start)s
+                               ORDER BY at DESC LIMIT 1), %(start)s)
+                          OFFSET 0) AS s) AS a) AS e) AS g
+              GROUP BY col, grp ORDER BY grp, col"""
+    ops = connection.ops
+    params = {
+        "start": ops.adapt_datetimefield_value(start),
+        "end": ops.adapt_datetimefield_value(end),
+        "start_ep": start.timestamp(),
+        "step": step.total_seconds(),
+        "threshold": threshold,
+        "fleet": fleet_id,
+    }
     with connection.cursor() as cur:
-        cur.execute(sql, [threshold, *params])
+        cur.execute(sql, params)
+        rows = cur.fetchall()
+
+    def point(epoch: float, counts: Sequence[float]) -> Point:
+        return Point(_from_epoch(epoch), dict(zip(STATUS_SLUGS, map(int, counts), strict=True)))
+
+    return [
+        Cell(
+            col,
+            grp,
+            above,
+            _from_epoch(first),
+            point(worst[1], worst[2:]),
+            point(latest[0], latest[2:]),
+            peak,
+            _from_epoch(-neg_at),
+        )
+        for col, grp, above, first, worst, latest, (peak, neg_at) in rows
+    ]
+
+
+def _from_epoch(epoch: float) -> datetime:
+    return datetime.fromtimestamp(epoch, UTC)
+
+
+def _cells_sqlite(fleet_id: int, start: datetime, end: datetime, step: timedelta, threshold: float, connection):
+    source, params = _source(fleet_id, start, end, connection)
+    # Whole seconds (julianday()'s float put a snapshot at the end into the column before).
+    column = "CAST((CAST(strftime('%%s', at) AS INTEGER) - CAST(strftime('%%s', %s) AS INTEGER)) / %s AS INTEGER)"
+    sql = f"""WITH s AS (SELECT {column} AS col, src.*, CASE WHEN share > %s THEN 1 ELSE 0 END AS above
+                         FROM ({source}) AS src),
+                   e AS (SELECT s.*, CASE WHEN above = lag(above, 1, -1) OVER (ORDER BY at) THEN 0 ELSE 1 END AS edge
+                         FROM s),
+                   g AS (SELECT e.*, sum(edge) OVER (ORDER BY at ROWS UNBOUNDED PRECEDING) AS grp FROM e),
+                   r AS (SELECT g.*,
+                                row_number() OVER (PARTITION BY col, grp ORDER BY share DESC, at DESC) AS worst,
+                                row_number() OVER (PARTITION BY col, grp ORDER BY at DESC) AS latest,
+                                row_number() OVER (PARTITION BY col, grp ORDER BY share DESC, at) AS peak,
+                                min(at) OVER (PARTITION BY col, grp) AS first_at
+                         FROM g)
+              SELECT col, grp, above, first_at, worst = 1, latest = 1, peak = 1, share, at, {_COLUMN_LIST}
+              FROM r WHERE worst = 1 OR latest = 1 OR peak = 1 ORDER BY grp, col"""
+    with connection.cursor() as cur:
+        cur.execute(sql, [connection.ops.adapt_datetimefield_value(start), step.total_seconds(), threshold, *params])
         rows = cur.fetchall()
     convert = _datetime_converter(connection)
-    return [Period(convert(first), bool(above), float(share), convert(at)) for first, above, share, at in rows]
-
-
-def _periods_pg(source: str, params: list, threshold: float, connection) -> list[Period]:
-    # Both windows share one order (one sort); the peak of each period is its max (share, -time).
-    sql = f"""WITH s AS (SELECT extract(epoch FROM at)::float8 AS ep, share, share > %s AS above FROM ({source}) AS src),
-                   e AS (SELECT ep, share, above,
-                                CASE WHEN above IS NOT DISTINCT FROM lag(above) OVER (ORDER BY ep) THEN 0 ELSE 1 END
-                                AS edge FROM s),
-                   g AS (SELECT ep, share, above, sum(edge) OVER (ORDER BY ep ROWS UNBOUNDED PRECEDING) AS grp FROM e)
-              SELECT min(ep), bool_or(above), max(ARRAY[share, -ep]) FROM g GROUP BY grp ORDER BY 1"""
-    with connection.cursor() as cur:
-        cur.execute(sql, [threshold, *params])
-        rows = cur.fetchall()
+    cells: dict[tuple[int, int], dict] = {}
+    for col, grp, above, first_at, is_worst, is_latest, is_peak, share, at, *counts in rows:
+        cell = cells.setdefault((int(col), int(grp)), {"above": bool(above), "first_at": convert(first_at)})
+        point = _point([convert(at), *counts])
+        if is_worst:
+            cell["worst"] = point
+        if is_latest:
+            cell["latest"] = point
+        if is_peak:
+            cell["peak"], cell["peak_at"] = float(share), point.at
     return [
-        Period(datetime.fromtimestamp(first, UTC), above, peak, datetime.fromtimestamp(-at, UTC))
-        for first, above, (peak, at) in rows
+        Cell(col, grp, c["above"], c["first_at"], c["worst"], c["latest"], c["peak"], c["peak_at"])
+        for (col, grp), c in cells.items()
     ]
 
 

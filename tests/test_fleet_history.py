@@ -152,3 +152,59 @@ def test_point_share_counts_active_devices_only():
     p = history.Point(T0, {**dict.fromkeys(history.STATUS_SLUGS, 0), "online": 8, "offline": 2, "inactive": 90})
     assert (p.total, p.active, p.not_online, p.share) == (100, 10, 2, 0.2)
     assert history.Point(T0, dict.fromkeys(history.STATUS_SLUGS, 0)).share == 0.0
+
+
+def test_the_carried_snapshot_is_the_latest_before_the_range(org, fleet):
+    start = T0 - timedelta(hours=1)
+    for minutes, on, off in ((-90, 5, 5), (-80, 10, 0), (30, 10, 0)):
+        FleetCountSnapshot.objects.create(
+            organization_id=org.pk, fleet_id=fleet.pk, at=start + timedelta(minutes=minutes), online=on, offline=off
+        )
+    worst, latest = history.column_points(fleet.pk, start, T0, timedelta(minutes=20))[0]
+    assert worst == latest and (worst.at, worst.counts["offline"]) == (start, 0)  # 10/0, not the older 5/5
+    assert [(p.start, p.above) for p in history.periods(fleet.pk, start, T0, 0.1)] == [(start, False)]
+
+
+def reference(snapshots, start, end, step, threshold):
+    """Columns and periods computed the plain way, from every snapshot."""
+    before = [s for s in snapshots if s.at <= start]
+    points = [history.Point(start, before[-1].counts)] if before else []
+    points += [s for s in snapshots if start < s.at <= end]
+    columns = {}
+    for p in points:
+        col = int((p.at - start).total_seconds() // step.total_seconds())
+        worst, _ = columns.get(col, (p, p))
+        columns[col] = (max(worst, p, key=lambda q: (q.share, q.at)), p)
+    periods = []
+    for p in points:
+        above = p.share > threshold
+        if periods and periods[-1].above == above:
+            if p.share > periods[-1].peak:
+                periods[-1] = history.Period(periods[-1].start, above, p.share, p.at)
+        else:
+            periods.append(history.Period(p.at, above, p.share, p.at))
+    return columns, periods
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_one_read_gives_the_reference_columns_and_periods(org, fleet, seed):
+    import random
+
+    rng = random.Random(seed)
+    base = datetime(2026, 11, 20, 0, 0, tzinfo=UTC)
+    rows = []
+    for minutes in sorted(rng.sample(range(0, 3 * 24 * 60), 400)):
+        on, off = rng.choice([(10, 0), (9, 1), (8, 2), (5, 5), (18, 2), (0, 0), (4, 6)])  # equal shares, no devices
+        rows.append(FleetCountSnapshot(organization_id=org.pk, fleet_id=fleet.pk, at=base + timedelta(minutes=minutes)))
+        rows[-1].online, rows[-1].offline = on, off
+    FleetCountSnapshot.objects.bulk_create(rows)
+    snapshots = [
+        history.Point(r.at, {**dict.fromkeys(history.STATUS_SLUGS, 0), "online": r.online, "offline": r.offline})
+        for r in rows
+    ]
+    for hours, step in ((24, timedelta(minutes=15)), (48, timedelta(hours=2)), (70, timedelta(hours=6))):
+        end = base + timedelta(hours=hours, seconds=rng.randint(0, 3600))
+        start = end - timedelta(hours=hours // 2)
+        for threshold in (0.1, 0.15, 0.5):
+            columns, periods = history.read(fleet.pk, start, end, step, threshold)
+            assert (columns, periods) == reference(snapshots, start, end, step, threshold)

@@ -252,9 +252,9 @@ def test_members_see_the_threshold_but_not_the_owners_channel(org, fleet, histor
     assert percent == "55" and "a notification channel, the lowest" in note and "Kiosk team" not in note
 
 
-# session, user, memberships, fleet (with its channel threshold), kept counts, chart points, incident
-# periods, dead-man's switch
-FLEET_PAGE_QUERIES = 8
+# session, user, memberships, fleet (with its channel threshold), kept counts, chart points and
+# incident periods (one query), dead-man's switch
+FLEET_PAGE_QUERIES = 7
 
 
 def test_query_count_is_pinned_and_channels_add_none(owner_client, org, fleet, history):

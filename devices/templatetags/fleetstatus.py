@@ -238,6 +238,18 @@ def status_strips(strips) -> Markup:
 
 
 @register.simple_tag
+def chart_hits(chart: dict) -> Markup:
+    """The fleet chart's hover targets, one per column (templates/jinja2/fleets/_chart.html)."""
+    return render_macro("fleets/_chart.html", "chart_hits", chart)
+
+
+@register.simple_tag
+def chart_rows(chart: dict, colspan: int) -> Markup:
+    """The rows of the fleet chart's table, one per column (templates/jinja2/fleets/_chart.html)."""
+    return render_macro("fleets/_chart.html", "chart_rows", chart, colspan)
+
+
+@register.simple_tag
 def status_bar(segments: list[dict], name: str) -> Markup:
     """A fleet's stacked bar and legend (the macro the Fleets page's cards use too)."""
     return render_macro("fleets/_cards.html", "status_bar", segments, name)
