@@ -259,3 +259,11 @@ def status_bar(segments: list[dict], name: str) -> Markup:
 def fleet_cards(cards: list[dict], org) -> Markup:
     """An organization's fleet cards on the Fleets page (templates/jinja2/fleets/_cards.html)."""
     return render_macro("fleets/_cards.html", "fleet_cards", cards, org)
+
+
+@register.simple_tag
+def fleet_options(fleets, query, multi_org: bool) -> Markup:
+    """The Devices page's fleet <option>s (templates/jinja2/devices/_filters.html): one per fleet of
+    the organizations, the one the page shows selected."""
+    selected = query.fleet.pk if query.fleet else None
+    return render_macro("devices/_filters.html", "fleet_options", fleets, selected, multi_org)
