@@ -247,9 +247,23 @@ def test_uuid_search_is_a_plain_prefix_like_the_index_can_serve(rf, make_device)
     assert f'"devices_device"."uuid"::text LIKE {device.uuid[:10]}%' in sql
     assert "UPPER(" not in sql  # neither the uuid wrapped in UPPER() nor an OR-ed "contains"
     assert list(qs) == [device]
+    # A shorter term may also be in a name or an IP address: the search rows answer it (their
+    # trigram indexes), with the UUID still a plain prefix.
     qs, _ = admin.get_search_results(rf.get("/"), Device.objects.all(), "abc")
-    assert '"devices_device"."uuid"::text LIKE abc%' in str(qs.query)
-    assert 'UPPER("devices_device"."uuid"' not in str(qs.query)
+    sql = str(qs.query)
+    assert '"devices_devicesearch"' in sql and '"uuid"::text LIKE abc%' in sql
+    assert 'UPPER("devices_devicesearch"."uuid"' not in sql and 'UPPER(U0."uuid"' not in sql
+    assert '"devices_device"."name"' not in sql.split("WHERE", 1)[1].split("ORDER BY")[0]
+
+
+def test_search_finds_names_and_addresses_in_any_case(rf, make_device):
+    kiosk = make_device(name="Kiosk-Gate-7")
+    lobby = make_device(name="lobby")
+    Device.objects.filter(pk=lobby.pk).update(ip_address="10.4.0.7 192.168.1.9")
+    admin = DeviceAdmin(Device, None)
+    assert list(admin.get_search_results(rf.get("/"), Device.objects.all(), "gate-7")[0]) == [kiosk]
+    assert list(admin.get_search_results(rf.get("/"), Device.objects.all(), "168.1")[0]) == [lobby]
+    assert list(admin.get_search_results(rf.get("/"), Device.objects.all(), "nothing-like-it")[0]) == []
 
 
 # --- Change form: read-only fields, inputs through the services -------------------------------
