@@ -41,16 +41,15 @@ from django.core.handlers.wsgi import WSGIHandler
 from django.db import InterfaceError, OperationalError
 from django.http import HttpRequest, HttpResponse
 from django.urls import Resolver404, resolve
-from django.utils import timezone
 from django.utils.module_loading import import_string
 from redis.exceptions import RedisError
 
 from devices.api import parsing
-from devices.api.config import config_for, target_state_body
+from devices.api.config import target_state_body_of
 from devices.api.paths import STATE_REPORT, TARGET_STATE, UUID_PARAMETER, absolute
 from devices.api.views import state_report
 from devices.live import devcache
-from devices.live.redis import warn_unavailable
+from devices.live.redis import now_us, warn_unavailable
 from fleets.keys import hash_key
 from fleetstatus.metrics import count_heartbeats
 from fleetstatus.middleware import DatabaseUnavailableMiddleware
@@ -90,7 +89,7 @@ def cached_answer(meta: dict, uuid: str) -> tuple[int, bytes] | None:
         return None
     key_hash = hash_key(key)
     try:
-        found = devcache.lookup_and_fetch(uuid, key_hash, timezone.now())
+        found = devcache.fetch_at(uuid, key_hash, now_us())
     except RedisError as exc:
         warn_unavailable(exc)
         meta[devcache.STORE_FAILED_META] = True
@@ -103,9 +102,7 @@ def cached_answer(meta: dict, uuid: str) -> tuple[int, bytes] | None:
     if found.outcome == devcache.FROZEN:
         return 304, b""
     count_heartbeats()
-    return 200, target_state_body(
-        uuid, found.name, config_for(found.effective_poll_interval, found.effective_cloudlink)
-    )
+    return 200, target_state_body_of(uuid, found.name, found.effective_poll_interval, found.effective_cloudlink)
 
 
 class _EnvironRequest(HttpRequest):
