@@ -16,6 +16,7 @@ from django.test import TestCase
 from django.utils import timezone
 
 from devices import services
+from devices.api import edge
 from devices.live import devcache, heartbeats
 from devices.live import redis as live_redis
 from devices.live.redis import to_us
@@ -626,3 +627,49 @@ def test_now_us_is_to_us_of_timezone_now():
     before = to_us(timezone.now())
     now = live_redis.now_us()
     assert before <= now <= to_us(timezone.now())
+
+
+# --- The WSGI entry point's cached checks ---------------------------------------------------------
+
+
+def test_a_fetch_from_a_host_seen_before_builds_no_request(make_device, monkeypatch, django_assert_num_queries):
+    device = make_device()
+    wsgi = WsgiClient()
+    at = steady(wsgi, device)
+    assert cached(wsgi, device, at, django_assert_num_queries).status_code == 200
+
+    def built(*args, **kwargs):
+        raise AssertionError("the fast path built a request")
+
+    monkeypatch.setattr(edge._EnvironRequest, "__init__", built)
+    assert cached(wsgi, device, at + timedelta(seconds=1), django_assert_num_queries).status_code == 200
+
+
+def test_the_edge_checks_follow_a_settings_change(make_device, settings, django_assert_num_queries):
+    device = make_device()
+    wsgi = WsgiClient()
+    at = steady(wsgi, device)
+    assert cached(wsgi, device, at, django_assert_num_queries).status_code == 200
+    settings.ALLOWED_HOSTS = ["elsewhere.example"]
+    assert get(wsgi, device, at=at + timedelta(seconds=1)).status_code == 400
+
+
+def test_a_proxy_reported_scheme_is_checked_per_value(make_device, settings, django_assert_num_queries):
+    settings.SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+    device = make_device()
+    wsgi = WsgiClient()
+    at = steady(wsgi, device)
+    https, http = {"X-Forwarded-Proto": "https"}, {"X-Forwarded-Proto": "http"}
+    for n in range(2):  # the second time from the cached checks
+        with django_assert_num_queries(0):
+            secure = get(wsgi, device, at=at + timedelta(seconds=2 * n), headers=https)
+            plain = get(wsgi, device, at=at + timedelta(seconds=2 * n + 1), headers=http)
+        assert (secure.status_code, plain.status_code) == (200, 200)
+        assert secure["Strict-Transport-Security"].startswith(f"max-age={settings.SECURE_HSTS_SECONDS}")
+        assert "Strict-Transport-Security" not in plain.headers
+    settings.SECURE_SSL_REDIRECT = True  # the device API is exempt (SECURE_REDIRECT_EXEMPT)
+    for headers in (http, https):
+        with django_assert_num_queries(0):
+            fast = get(wsgi, device, at=at + timedelta(seconds=5), headers=headers)
+        expected = database_answer(wsgi, device, settings, at + timedelta(seconds=6), headers=headers)
+        assert fast.status_code == 200 and answer(fast) == answer(expected)
