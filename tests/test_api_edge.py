@@ -7,6 +7,7 @@ from django.core.exceptions import ImproperlyConfigured
 from django.urls import include, path, reverse
 
 from devices.api import paths
+from devices.api.config import config_for, target_state_body, target_state_body_of
 from devices.api.edge import REPORT_DISPATCH, EdgeWSGI, header_middleware, target_state_uuid
 
 # A URLconf that mounts the device API below /api/ (used by one test through ROOT_URLCONF).
@@ -95,3 +96,15 @@ def test_a_report_through_the_edge_answers_as_the_full_stack_without_running_the
         assert response["Content-Length"] == str(len(response.content))
     device.refresh_from_db()
     assert device.cpu_usage == 3
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["", "kiosk-1", 'q"uote\\slash', "tab\tnew\nline", "\u2603 snow", "\U0001f600", "\x00\x1f\x7f", "\ud800 lone"],
+)
+@pytest.mark.parametrize("interval, cloudlink", [(600, True), (30, False), (86400, True)])
+def test_the_fast_path_body_is_the_views_body_byte_for_byte(name, interval, cloudlink):
+    for uuid in (UUID32, UUID62):
+        assert target_state_body_of(uuid, name, interval, cloudlink) == target_state_body(
+            uuid, name, config_for(interval, cloudlink)
+        )

@@ -13,10 +13,13 @@ from datetime import UTC, datetime, timedelta
 import pytest
 import time_machine
 from django.test import TestCase
+from django.utils import timezone
 
 from devices import services
+from devices.api import edge
 from devices.live import devcache, heartbeats
 from devices.live import redis as live_redis
+from devices.live.redis import to_us
 from devices.models import Device, StatusTransition
 from devices.status import HeartbeatState, Status
 from fleets.keys import generate_key, hash_key
@@ -550,3 +553,123 @@ def test_the_fallback_path_answers_503_when_the_database_is_down(client, make_de
     monkeypatch.setattr("devices.api.views.Device", _DatabaseDown)
     r = get(client, device, at=at)
     assert r.status_code == 503 and r["Retry-After"] and "database" in r.json()["error"]
+
+
+# --- The fetch script of each configuration ------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "default, floor, tolerance, ttl",
+    [(600, 600, 1.5, 6 * 3600), (45, 30, 2.0, 3600), (120, 10, 1.25, 90)],
+    ids=["defaults", "fast", "short-ttl"],
+)
+def test_the_fetch_script_with_the_settings_written_in_counts_as_the_heartbeat_store_does(
+    client, make_device, settings, django_assert_num_queries, default, floor, tolerance, ttl
+):
+    settings.FLEETSTATUS_DEFAULT_POLL_INTERVAL = default
+    settings.FLEETSTATUS_MIN_POLL_INTERVAL = floor
+    settings.FLEETSTATUS_HEARTBEAT_TOLERANCE = tolerance
+    settings.FLEETSTATUS_DEVICE_CACHE_TTL = ttl
+    source = devcache._fetcher().source
+    assert f"interval = {default} end" in source and f"interval < {floor} then interval = {floor}" in source
+    assert f"< {ttl * 1_000_000} then" in source and f"* {round(tolerance * 1_000_000)})" in source
+    fast_dev, slow_dev, own_dev = make_device(), make_device(), make_device()
+    services.update_device(own_dev, {"poll_interval": 20}, reason="t")  # below every floor but one
+    for d in (fast_dev, slow_dev, own_dev):
+        steady(client, d)
+    at = T0 + timedelta(seconds=7, microseconds=654321)
+    fast = cached(client, fast_dev, at, django_assert_num_queries)
+    own = cached(client, own_dev, at, django_assert_num_queries)
+    heartbeats.record_fetch(Device.objects.select_related("fleet").get(pk=slow_dev.pk), at=at)
+    redis_ = heartbeats.store().client
+
+    def stored(d):
+        shard = heartbeats.shard_of(d.uuid)
+        return redis_.zscore(heartbeats.online_key(shard), d.pk), redis_.hget(heartbeats.seen_key(shard), d.pk)
+
+    interval = max(default, floor)
+    assert stored(fast_dev) == stored(slow_dev)
+    assert stored(fast_dev) == (heartbeats.to_us(at + timedelta(seconds=interval * tolerance)), b"%d" % to_us(at))
+    assert stored(own_dev)[0] == heartbeats.to_us(at + timedelta(seconds=max(20, floor) * tolerance))
+    assert state(fast, fast_dev)["interval"] == str(interval * 1000)
+    assert state(own, own_dev)["interval"] == str(max(20, floor) * 1000)
+    # A fleet entry as old as the TTL counts as missing (just before, the entry is used: the fetch
+    # is counted or late).
+    key_hash = fast_dev.api_key_hash
+    just_before = devcache.lookup_and_fetch(fast_dev.uuid, key_hash, T0 + timedelta(seconds=ttl, microseconds=-1))
+    assert just_before.outcome != devcache.MISS
+    assert devcache.lookup_and_fetch(fast_dev.uuid, key_hash, T0 + timedelta(seconds=ttl)).outcome == devcache.MISS
+
+
+def test_each_configuration_is_a_script_of_its_own(settings):
+    first = devcache._fetcher()
+    settings.FLEETSTATUS_MIN_POLL_INTERVAL = settings.FLEETSTATUS_MIN_POLL_INTERVAL + 1
+    second = devcache._fetcher()
+    assert second.sha != first.sha and second.source != first.source
+    settings.FLEETSTATUS_DEVICE_CACHE_TTL = 0
+    assert not devcache.enabled()
+
+
+def test_a_script_redis_forgot_is_loaded_again(client, make_device, django_assert_num_queries):
+    device = make_device()
+    at = steady(client, device)
+    devcache._fetcher().client.script_flush()
+    r = cached(client, device, at, django_assert_num_queries)
+    assert r.status_code == 200
+    shard = heartbeats.shard_of(device.uuid)
+    assert heartbeats.store().client.hget(heartbeats.seen_key(shard), device.pk) == b"%d" % to_us(at)
+
+
+def test_now_us_is_to_us_of_timezone_now():
+    for moment in (T0, T0 + timedelta(microseconds=123457), T0 + timedelta(seconds=59, microseconds=999999)):
+        with time_machine.travel(moment, tick=False):
+            assert live_redis.now_us() == to_us(timezone.now()) == to_us(moment)
+    before = to_us(timezone.now())
+    now = live_redis.now_us()
+    assert before <= now <= to_us(timezone.now())
+
+
+# --- The WSGI entry point's cached checks ---------------------------------------------------------
+
+
+def test_a_fetch_from_a_host_seen_before_builds_no_request(make_device, monkeypatch, django_assert_num_queries):
+    device = make_device()
+    wsgi = WsgiClient()
+    at = steady(wsgi, device)
+    assert cached(wsgi, device, at, django_assert_num_queries).status_code == 200
+
+    def built(*args, **kwargs):
+        raise AssertionError("the fast path built a request")
+
+    monkeypatch.setattr(edge._EnvironRequest, "__init__", built)
+    assert cached(wsgi, device, at + timedelta(seconds=1), django_assert_num_queries).status_code == 200
+
+
+def test_the_edge_checks_follow_a_settings_change(make_device, settings, django_assert_num_queries):
+    device = make_device()
+    wsgi = WsgiClient()
+    at = steady(wsgi, device)
+    assert cached(wsgi, device, at, django_assert_num_queries).status_code == 200
+    settings.ALLOWED_HOSTS = ["elsewhere.example"]
+    assert get(wsgi, device, at=at + timedelta(seconds=1)).status_code == 400
+
+
+def test_a_proxy_reported_scheme_is_checked_per_value(make_device, settings, django_assert_num_queries):
+    settings.SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+    device = make_device()
+    wsgi = WsgiClient()
+    at = steady(wsgi, device)
+    https, http = {"X-Forwarded-Proto": "https"}, {"X-Forwarded-Proto": "http"}
+    for n in range(2):  # the second time from the cached checks
+        with django_assert_num_queries(0):
+            secure = get(wsgi, device, at=at + timedelta(seconds=2 * n), headers=https)
+            plain = get(wsgi, device, at=at + timedelta(seconds=2 * n + 1), headers=http)
+        assert (secure.status_code, plain.status_code) == (200, 200)
+        assert secure["Strict-Transport-Security"].startswith(f"max-age={settings.SECURE_HSTS_SECONDS}")
+        assert "Strict-Transport-Security" not in plain.headers
+    settings.SECURE_SSL_REDIRECT = True  # the device API is exempt (SECURE_REDIRECT_EXEMPT)
+    for headers in (http, https):
+        with django_assert_num_queries(0):
+            fast = get(wsgi, device, at=at + timedelta(seconds=5), headers=headers)
+        expected = database_answer(wsgi, device, settings, at + timedelta(seconds=6), headers=headers)
+        assert fast.status_code == 200 and answer(fast) == answer(expected)

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import json
+from json.encoder import encode_basestring_ascii
 
 from devices.models import Device
+
+# (poll interval, cloudlink) -> the configuration's JSON: a handful of values per installation.
+_CONFIG_JSON: dict[tuple[int, bool], str] = {}
 
 
 def config_for(poll_interval: int, cloudlink: bool) -> dict[str, str]:
@@ -30,3 +34,22 @@ def target_state_body(uuid: str, name: str, config: dict[str, str]) -> bytes:
     fleetstatus deploys no releases: an empty apps object is balena's "no apps assigned".
     """
     return json.dumps({uuid: {"name": name, "config": config, "apps": {}}}).encode()
+
+
+def target_state_body_of(uuid: str, name: str, poll_interval: int, cloudlink: bool) -> bytes:
+    """target_state_body(uuid, name, config_for(poll_interval, cloudlink)), byte for byte (the same
+    encoder, ASCII-escaped), around the configuration's JSON encoded once: the fetch fast path's body."""
+    config = _CONFIG_JSON.get((poll_interval, cloudlink))
+    if config is None:
+        config = json.dumps(config_for(poll_interval, cloudlink))
+        if len(_CONFIG_JSON) < 1024:
+            _CONFIG_JSON[poll_interval, cloudlink] = config
+    return (
+        "{"
+        + encode_basestring_ascii(uuid)
+        + ': {"name": '
+        + encode_basestring_ascii(name)
+        + ', "config": '
+        + config
+        + ', "apps": {}}}'
+    ).encode()

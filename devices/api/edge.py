@@ -38,19 +38,19 @@ from django.conf import settings
 from django.core.exceptions import DisallowedHost, ImproperlyConfigured
 from django.core.handlers.exception import convert_exception_to_response
 from django.core.handlers.wsgi import WSGIHandler
+from django.core.signals import setting_changed
 from django.db import InterfaceError, OperationalError
 from django.http import HttpRequest, HttpResponse
 from django.urls import Resolver404, resolve
-from django.utils import timezone
 from django.utils.module_loading import import_string
 from redis.exceptions import RedisError
 
 from devices.api import parsing
-from devices.api.config import config_for, target_state_body
+from devices.api.config import target_state_body_of
 from devices.api.paths import STATE_REPORT, TARGET_STATE, UUID_PARAMETER, absolute
 from devices.api.views import state_report
 from devices.live import devcache
-from devices.live.redis import warn_unavailable
+from devices.live.redis import now_us, warn_unavailable
 from fleets.keys import hash_key
 from fleetstatus.metrics import count_heartbeats
 from fleetstatus.middleware import DatabaseUnavailableMiddleware
@@ -90,7 +90,7 @@ def cached_answer(meta: dict, uuid: str) -> tuple[int, bytes] | None:
         return None
     key_hash = hash_key(key)
     try:
-        found = devcache.lookup_and_fetch(uuid, key_hash, timezone.now())
+        found = devcache.fetch_at(uuid, key_hash, now_us())
     except RedisError as exc:
         warn_unavailable(exc)
         meta[devcache.STORE_FAILED_META] = True
@@ -103,9 +103,7 @@ def cached_answer(meta: dict, uuid: str) -> tuple[int, bytes] | None:
     if found.outcome == devcache.FROZEN:
         return 304, b""
     count_heartbeats()
-    return 200, target_state_body(
-        uuid, found.name, config_for(found.effective_poll_interval, found.effective_cloudlink)
-    )
+    return 200, target_state_body_of(uuid, found.name, found.effective_poll_interval, found.effective_cloudlink)
 
 
 class _EnvironRequest(HttpRequest):
@@ -170,11 +168,16 @@ class EdgeWSGI:
     def __init__(self, app: Callable) -> None:
         self.app = app
         self._headers: dict[tuple[int, bool], list[tuple[str, str]]] = {}
-        self._hosts: dict[tuple[str | None, ...], bool] = {}
+        self._checks: dict[tuple[str | None, ...], tuple[bool, bool]] = {}
         self._security = None
         self._header_middleware = header_middleware()
         _check_mounted_at_root()
         self._reports = _ReportHandler(self._report_headers)
+        # The checks are computed with the settings of the time (tests change them).
+        setting_changed.connect(self._settings_changed)
+
+    def _settings_changed(self, **kwargs) -> None:
+        self._checks = {}
 
     def _template_headers(self, status: int, request: HttpRequest) -> list[tuple[str, str]]:
         secure = request.is_secure()
@@ -191,30 +194,37 @@ class EdgeWSGI:
             self._headers[key] = headers
         return headers
 
-    def _host_ok(self, request: HttpRequest) -> bool:
-        meta = request.META
+    def _request_checks(self, environ: dict, path: str) -> tuple[bool, bool]:
+        """(Host allowed, request secure), cached by the environ values they are computed from (the
+        host and port headers, the URL scheme, the SECURE_PROXY_SSL_HEADER), so that a fetch whose
+        values were seen before builds no request object."""
+        proxy = settings.SECURE_PROXY_SSL_HEADER
         key = (
-            meta.get("HTTP_X_FORWARDED_HOST"),
-            meta.get("HTTP_X_FORWARDED_PORT"),
-            meta.get("HTTP_HOST"),
-            meta.get("SERVER_NAME"),
-            meta.get("SERVER_PORT"),
+            environ.get("HTTP_X_FORWARDED_HOST"),
+            environ.get("HTTP_X_FORWARDED_PORT"),
+            environ.get("HTTP_HOST"),
+            environ.get("SERVER_NAME"),
+            environ.get("SERVER_PORT"),
+            environ.get("wsgi.url_scheme"),
+            environ.get(proxy[0]) if proxy else None,
         )
-        ok = self._hosts.get(key)
-        if ok is None:
+        checks = self._checks.get(key)
+        if checks is None:
+            request = _EnvironRequest(environ, path)
             ok = _passes_request_checks(request)
-            if len(self._hosts) < 1024:
-                self._hosts[key] = ok
-        return ok
+            checks = (ok, ok and request.is_secure())
+            if len(self._checks) < 1024:
+                self._checks[key] = checks
+        return checks
 
-    def _redirects(self, request: HttpRequest) -> bool:
+    def _redirects(self, environ: dict, path: str) -> bool:
         if not settings.SECURE_SSL_REDIRECT:
             return False
         if self._security is None:
             from django.middleware.security import SecurityMiddleware
 
             self._security = SecurityMiddleware(lambda _request: None)
-        return self._security.process_request(request) is not None
+        return self._security.process_request(_EnvironRequest(environ, path)) is not None
 
     def _report_headers(self, request: HttpRequest) -> list[tuple[str, str]]:
         # The header middleware add the same headers to a report's answer whatever its status.
@@ -222,7 +232,7 @@ class EdgeWSGI:
 
     def __call__(self, environ: dict, start_response: Callable) -> Iterable[bytes]:
         if environ.get("REQUEST_METHOD") == "PATCH" and environ.get("PATH_INFO") == STATE_REPORT_PATH:
-            if not self._redirects(_EnvironRequest(environ, STATE_REPORT_PATH)):
+            if not self._redirects(environ, STATE_REPORT_PATH):
                 return self._reports(environ, start_response)
         elif environ.get("REQUEST_METHOD") == "GET":
             path = environ.get("PATH_INFO", "")
@@ -239,14 +249,18 @@ class EdgeWSGI:
         return self.app(environ, start_response)
 
     def _answer(self, environ: dict, path: str, uuid: str, start_response: Callable) -> list[bytes] | None:
-        request = _EnvironRequest(environ, path)
-        if not self._host_ok(request) or self._redirects(request):
+        host_ok, secure = self._request_checks(environ, path)
+        # SecurityMiddleware redirects only a request that is not secure.
+        if not host_ok or (not secure and self._redirects(environ, path)):
             return None
         result = cached_answer(environ, uuid)
         if result is None:
             return None
         status, body = result
-        headers = [*self._template_headers(status, request), ("Content-Length", str(len(body)))]
+        headers = self._headers.get((status, secure))
+        if headers is None:
+            headers = self._template_headers(status, _EnvironRequest(environ, path))
+        headers = [*headers, ("Content-Length", str(len(body)))]
         start_response("304 Not Modified" if status == 304 else "200 OK", headers)
         return [body]
 

@@ -31,17 +31,21 @@ an invalidation the entry can outlive the change until its TTL; that is logged a
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import random
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from functools import lru_cache
+from string import Template
+from typing import NamedTuple
 
 import redis
 from django.conf import settings
+from django.core.signals import setting_changed
 from django.db import connection, transaction
-from redis.exceptions import RedisError
+from redis.exceptions import NoScriptError, RedisError
 
 from devices.live.heartbeats import COUNT_FETCH_LUA
 from devices.live.redis import (
@@ -49,6 +53,7 @@ from devices.live.redis import (
     FLEET_GEN,
     client_for,
     device_key,
+    device_key_prefix,
     fleets_key,
     gens_key,
     live_url,
@@ -59,7 +64,7 @@ from devices.live.redis import (
     to_us,
     warn_unavailable,
 )
-from devices.models import Device, effective_cloudlink, effective_poll_interval
+from devices.models import Device, effective_cloudlink
 
 logger = logging.getLogger(__name__)
 
@@ -94,10 +99,14 @@ STORE_FAILED_META = "fleetstatus.store_failed"
 INVALIDATE_BATCH = 1000
 FILL_BATCH = 1000
 
-# KEYS: device entry, fleets, gens, seen, online. ARGV: key hash, fetch time (us), default interval,
-# interval floor, window in us per second of interval, generation field, fleet entry max age (us).
+# KEYS: device entry, fleets, gens, seen, online. ARGV: key hash, fetch time (us), generation field.
+# The settings it depends on (@default_interval, @min_interval, @window: microseconds of deadline per
+# second of interval, @max_age: of a fleet entry, in us) are written into the source once per
+# configuration (_lookup_source), so a fetch sends only what is its own.
 # The interval is devices.models.effective_poll_interval over the two cached halves: they are kept
 # apart so that a fleet edit invalidates one hash field, not every entry of its devices.
+# Returns one string, tab-separated: outcome COUNTED or FROZEN, the effective interval, the fleet's
+# cloudlink, then the entry; MISS, the device's and the fleets' generations; or the outcome alone.
 _LOOKUP_AND_FETCH = (
     COUNT_FETCH_LUA
     + """
@@ -105,26 +114,27 @@ local entry = redis.call('GET', KEYS[1])
 if entry then
   local id, hash, fid, poll, frozen = string.match(entry, '^(%d+)\\t(%x+)\\t(%d+)\\t(%d*)\\t[01]?\\t([01])\\t')
   if id then
-    if hash ~= ARGV[1] then return {3} end
+    if hash ~= ARGV[1] then return '3' end
     local fleet = redis.call('HGET', KEYS[2], fid)
     if fleet then
-      local finterval, filled = string.match(fleet, '^(%d*)\\t[01]\\t(%d+)$')
+      local finterval, fcloud, filled = string.match(fleet, '^(%d*)\\t([01])\\t(%d+)$')
       local at = tonumber(ARGV[2])
-      if finterval and at - tonumber(filled) < tonumber(ARGV[7]) then
-        if frozen == '1' then return {4, entry, fleet} end
+      if finterval and at - tonumber(filled) < @max_age then
         local interval = tonumber(poll)
         if (not interval) or interval == 0 then interval = tonumber(finterval) end
-        if (not interval) or interval == 0 then interval = tonumber(ARGV[3]) end
-        if interval < tonumber(ARGV[4]) then interval = tonumber(ARGV[4]) end
-        local deadline = string.format('%.0f', at + interval * tonumber(ARGV[5]))
-        if count_fetch(KEYS[4], KEYS[5], id, ARGV[2], deadline) ~= 1 then return {2} end
-        return {1, entry, fleet}
+        if (not interval) or interval == 0 then interval = @default_interval end
+        if interval < @min_interval then interval = @min_interval end
+        local found = string.format('%.0f', interval) .. '\\t' .. fcloud .. '\\t' .. entry
+        if frozen == '1' then return '4\\t' .. found end
+        local deadline = string.format('%.0f', at + interval * @window)
+        if count_fetch(KEYS[4], KEYS[5], id, ARGV[2], deadline) ~= 1 then return '2' end
+        return '1\\t' .. found
       end
     end
   end
 end
-local g = redis.call('HMGET', KEYS[3], ARGV[6], 'f')
-return {0, g[1] or '0', g[2] or '0'}
+local g = redis.call('HMGET', KEYS[3], ARGV[3], 'f')
+return '0\\t' .. (g[1] or '0') .. '\\t' .. (g[2] or '0')
 """
 )
 
@@ -171,29 +181,48 @@ class Generations:
     fleet: str
 
 
-@dataclass(frozen=True)
-class Lookup:
+class Lookup(NamedTuple):
+    """What the fetch script found (a tuple: one is built per fetch)."""
+
     outcome: int
-    device_id: int = 0
     key_hash: str = ""
     name: str = ""
-    poll_interval: int | None = None
-    cloudlink: bool | None = None
-    fleet_poll_interval: int | None = None
-    fleet_cloudlink: bool = True
+    # Effective values, as devices.models computes them; the interval is the one the script moved
+    # the heartbeat deadline by.
+    effective_poll_interval: int = 0
+    effective_cloudlink: bool = False
     generations: Generations | None = None
-
-    @property
-    def effective_poll_interval(self) -> int:
-        return effective_poll_interval(self.poll_interval, self.fleet_poll_interval)
-
-    @property
-    def effective_cloudlink(self) -> bool:
-        return effective_cloudlink(self.cloudlink, self.fleet_cloudlink)
 
 
 def generation_field(uuid: str) -> str:
     return "d:" + uuid[:3]
+
+
+class _Config(NamedTuple):
+    """The settings the fetch depends on, read once (cleared when a setting changes)."""
+
+    url: str
+    ttl: int
+    shards: int
+    default_interval: int
+    min_interval: int
+    window: int
+
+
+@lru_cache(maxsize=1)
+def _config() -> _Config | None:
+    """The device cache's settings, or None when it is off (no live-state Redis, or TTL 0)."""
+    url, ttl_ = live_url(), ttl()
+    if not url or ttl_ <= 0:
+        return None
+    return _Config(
+        url=url,
+        ttl=ttl_,
+        shards=shard_count(),
+        default_interval=settings.FLEETSTATUS_DEFAULT_POLL_INTERVAL,
+        min_interval=settings.FLEETSTATUS_MIN_POLL_INTERVAL,
+        window=_window_factor(),
+    )
 
 
 def ttl() -> int:
@@ -201,13 +230,12 @@ def ttl() -> int:
 
 
 def enabled() -> bool:
-    return bool(live_url()) and ttl() > 0
+    return _config() is not None
 
 
 class _Scripts:
     def __init__(self, client: redis.Redis) -> None:
         self.client = client
-        self.lookup = client.register_script(_LOOKUP_AND_FETCH)
         self.fill = client.register_script(_FILL)
         self.invalidate = client.register_script(_INVALIDATE)
 
@@ -230,42 +258,76 @@ def _flag(value: str) -> bool | None:
     return None if value == "" else value == "1"
 
 
+class _LuaTemplate(Template):
+    delimiter = "@"  # Lua patterns use "$"
+
+
+def _lookup_source(config: _Config) -> str:
+    return _LuaTemplate(_LOOKUP_AND_FETCH).substitute(
+        default_interval=int(config.default_interval),
+        min_interval=int(config.min_interval),
+        window=int(config.window),
+        max_age=int(config.ttl) * 1_000_000,
+    )
+
+
+class _Fetcher:
+    """The fetch script of one configuration, called by its SHA (EVALSHA; loaded again if Redis lost it)."""
+
+    def __init__(self, config: _Config) -> None:
+        self.client = client_for(config.url)
+        self.shards = config.shards
+        self.source = _lookup_source(config)
+        self.sha = hashlib.sha1(self.source.encode()).hexdigest()
+        self.keys = [
+            (device_key_prefix(s), fleets_key(s), gens_key(s), seen_key(s), online_key(s)) for s in range(self.shards)
+        ]
+
+    def __call__(self, uuid: str, key_hash: str, at_us: int) -> bytes:
+        prefix, fleets, gens, seen, online = self.keys[shard_of(uuid, self.shards)]
+        keys = (prefix + uuid, fleets, gens, seen, online)
+        command = ("EVALSHA", self.sha, len(keys), *keys, key_hash, at_us, generation_field(uuid))
+        try:
+            return self.client.execute_command(*command)
+        except NoScriptError:
+            self.client.script_load(self.source)
+            return self.client.execute_command(*command)
+
+
+@lru_cache(maxsize=1)
+def _fetcher() -> _Fetcher:
+    config = _config()
+    if config is None:
+        raise RuntimeError("the device cache is off")
+    return _Fetcher(config)
+
+
+def _settings_changed(**kwargs) -> None:
+    _config.cache_clear()
+    _fetcher.cache_clear()
+
+
+setting_changed.connect(_settings_changed)
+
+
 def lookup_and_fetch(uuid: str, key_hash: str, at: datetime) -> Lookup:
-    """The fetch of a device presenting a key whose SHA-256 is key_hash, from the cache. One round trip.
+    """The fetch at `at` of a device presenting a key whose SHA-256 is key_hash, from the cache."""
+    return fetch_at(uuid, key_hash, to_us(at))
+
+
+def fetch_at(uuid: str, key_hash: str, at_us: int) -> Lookup:
+    """lookup_and_fetch at a time in microseconds since the epoch (to_us). One round trip.
 
     Raises RedisError when Redis is unreachable (the caller takes the database path).
     """
-    scripts = _scripts()
-    shard = shard_of(uuid)
-    raw = scripts.lookup(
-        keys=[device_key(uuid), fleets_key(shard), gens_key(shard), seen_key(shard), online_key(shard)],
-        args=[
-            key_hash,
-            to_us(at),
-            settings.FLEETSTATUS_DEFAULT_POLL_INTERVAL,
-            settings.FLEETSTATUS_MIN_POLL_INTERVAL,
-            _window_factor(),
-            generation_field(uuid),
-            ttl() * 1_000_000,
-        ],
-    )
-    outcome = int(raw[0])
+    fields = _fetcher()(uuid, key_hash, at_us).decode().split("\t", 9)
+    outcome = int(fields[0])
     if outcome == MISS:
-        return Lookup(MISS, generations=Generations(device=raw[1].decode(), fleet=raw[2].decode()))
+        return Lookup(MISS, generations=Generations(device=fields[1], fleet=fields[2]))
     if outcome not in (COUNTED, FROZEN):
         return Lookup(outcome)
-    pk, hash_, _fleet_id, poll, cloud, _frozen, name = raw[1].decode().split("\t", 6)
-    f_interval, f_cloud, _filled = raw[2].decode().split("\t")
-    return Lookup(
-        outcome,
-        device_id=int(pk),
-        key_hash=hash_,
-        name=name,
-        poll_interval=int(poll) if poll else None,
-        cloudlink=_flag(cloud),
-        fleet_poll_interval=int(f_interval) if f_interval else None,
-        fleet_cloudlink=f_cloud == "1",
-    )
+    _, interval, f_cloud, _pk, hash_, _fleet_id, _poll, cloud, _frozen, name = fields
+    return Lookup(outcome, hash_, name, int(interval), effective_cloudlink(_flag(cloud), f_cloud == "1"))
 
 
 # --- Filling ---------------------------------------------------------------------------------

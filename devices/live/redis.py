@@ -49,6 +49,11 @@ def from_us(value: int | str | bytes) -> datetime:
     return _EPOCH_START + timedelta(microseconds=int(value))
 
 
+def now_us() -> int:
+    """to_us(timezone.now()) without building a datetime: the same clock, floored to the microsecond alike."""
+    return time.time_ns() // 1000
+
+
 # --- Shards and key names ---------------------------------------------------------------------
 
 
@@ -56,9 +61,11 @@ def shard_count() -> int:
     return int(getattr(settings, "FLEETSTATUS_HEARTBEAT_SHARDS", 16))
 
 
-def shard_of(uuid: str) -> int:
-    """The shard of a device: where its UUID's first hex digits fall among shard_count() equal ranges."""
-    return int(uuid[:PREFIX], 16) * shard_count() // 16**PREFIX
+def shard_of(uuid: str, shards: int | None = None) -> int:
+    """The shard of a device: where its UUID's first hex digits fall among shard_count() equal ranges.
+
+    shards: shard_count(), when the caller already has it."""
+    return int(uuid[:PREFIX], 16) * (shard_count() if shards is None else shards) // 16**PREFIX
 
 
 def uuid_range(shard: int) -> tuple[str, str | None]:
@@ -89,7 +96,11 @@ def epoch_key(shard: int) -> str:
 
 # The device cache (devices.live.devcache).
 def device_key(uuid: str) -> str:
-    return _tag(shard_of(uuid)) + "dc:d:" + uuid
+    return device_key_prefix(shard_of(uuid)) + uuid
+
+
+def device_key_prefix(shard: int) -> str:
+    return _tag(shard) + "dc:d:"
 
 
 DEVICE_PATTERN = "fs:{hb:*}:dc:d:*"
