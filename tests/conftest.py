@@ -163,19 +163,31 @@ def pytest_runtest_setup(item):
 _DB_FIXTURES = {"db", "transactional_db", "django_db_reset_sequences", "django_db_serialized_rollback"}
 
 
+def _used_db(item) -> bool:
+    return bool(item.get_closest_marker("django_db") or _DB_FIXTURES & set(getattr(item, "fixturenames", ())))
+
+
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_call(item):
     """After every test that used the database (and passed): the counts the triggers keep equal a
     GROUP BY over the devices, and the search rows (devices/search.py) copy the devices, whatever
     path the test changed devices through."""
     result = yield
-    if item.get_closest_marker("django_db") or _DB_FIXTURES & set(getattr(item, "fixturenames", ())):
+    if _used_db(item):
         from django.db import connection
 
         from devices import search
         from fleets import counts
 
         if connection.connection is not None and connection.is_usable():
+            if connection.vendor == "postgresql" and connection.in_atomic_block:
+                # Planner switches a test turned off with SET LOCAL (the index tests) would still hold for
+                # the check's scans and make them crawl; back to the defaults for the rest of this transaction.
+                with connection.cursor() as cur:
+                    cur.execute(
+                        "SELECT set_config(name, reset_val, true) FROM pg_settings"
+                        " WHERE name LIKE 'enable\\_%' AND setting <> reset_val"
+                    )
             wrong = counts.mismatches()
             assert not wrong, (
                 f"kept device counts differ from the devices: {{(org, fleet, status): (kept, real)}} {wrong}"
@@ -183,6 +195,66 @@ def pytest_runtest_call(item):
             stale = search.mismatches()
             assert not stale, f"the search rows of these devices differ from the devices: {stale}"
     return result
+
+
+# --- Dead rows (PostgreSQL) ------------------------------------------------------------------------
+# The CI server runs without autovacuum: every row a test writes and rolls back stays behind as a
+# dead row, so the tables grow through the run and every later scan of them (the check above scans
+# all devices after each test) reads them all again. After a test leaves many, the tables it left
+# empty are truncated, as the flush after a transactional test does. Not VACUUM: that would record
+# statistics no fresh table has and change the plans the index tests check.
+
+_DEAD_ROWS_TO_RECLAIM = 2000
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_teardown(item, nextitem):
+    result = yield
+    # Everything is torn down here (the test's transaction rolled back), except for the last test:
+    # then the test database itself is gone.
+    if nextitem is not None and _used_db(item):
+        _reclaim_dead_rows(item.config)
+    return result
+
+
+def _reclaim_dead_rows(config) -> None:
+    from django.db import connection
+    from pytest_django.plugin import blocking_manager_key
+
+    if connection.vendor != "postgresql" or connection.in_atomic_block:
+        return
+    with config.stash[blocking_manager_key].unblock():
+        if connection.connection is None or not connection.is_usable():
+            return  # a test that broke or closed the connection; a later test reclaims
+        _truncate_if_empty(connection)
+
+
+def _truncate_if_empty(connection) -> None:
+    from django.db import OperationalError, transaction
+
+    with connection.cursor() as cur:
+        # The statistics lag the writes by a second or so: a table missed now is caught after a later test.
+        cur.execute(
+            """WITH RECURSIVE tables(oid) AS (
+                   SELECT relid FROM pg_stat_user_tables WHERE schemaname = 'public' AND n_dead_tup > %s
+                   UNION SELECT c.conrelid FROM pg_constraint c JOIN tables t ON c.confrelid = t.oid WHERE c.contype = 'f'
+               ) SELECT oid::regclass::text FROM tables""",
+            [_DEAD_ROWS_TO_RECLAIM],
+        )
+        # With every table that references them: TRUNCATE takes those along or refuses.
+        tables = [name for (name,) in cur.fetchall()]
+        if not tables:
+            return
+        try:
+            with transaction.atomic(using=connection.alias):
+                # A process a test left stopping must not hold up the run; nor can it write in between.
+                cur.execute("SET LOCAL lock_timeout = '2s'")
+                cur.execute(f"LOCK TABLE {', '.join(tables)} IN ACCESS EXCLUSIVE MODE")
+                cur.execute(" UNION ALL ".join(f"(SELECT 1 FROM {table} LIMIT 1)" for table in tables))
+                if not cur.fetchall():
+                    cur.execute(f"TRUNCATE {', '.join(tables)}")
+        except OperationalError:
+            pass  # the lock timed out: a later test tries again
 
 
 @pytest.fixture
