@@ -64,27 +64,38 @@ def _sqlite_tags_of(device: str) -> str:
 
 _PG_FUNCTIONS = {
     "insert": f"INSERT INTO {SEARCH} ({_COLUMNS}) SELECT {_select('n')} FROM fs_new n;",
-    "delete": f"DELETE FROM {SEARCH} s USING fs_old o WHERE s.device_id = o.id;",
-    # Only rows whose copied columns changed: the usual device write (a report, a heartbeat) writes
-    # nothing here.
-    "update": f"""
-        UPDATE {SEARCH} s SET organization_id = n.organization_id, fleet_id = n.fleet_id,
+    "delete": triggers.planned_for_size(f"DELETE FROM {SEARCH} s USING fs_old o WHERE s.device_id = o.id;", "fs_old"),
+    # Only rows whose copy differs from the new values: the usual device write (a report, a
+    # heartbeat) writes nothing here. Compared with the copy itself (one index lookup per row),
+    # not by joining the old rows to the new ones.
+    "update": triggers.planned_for_size(
+        f"""UPDATE {SEARCH} s SET organization_id = n.organization_id, fleet_id = n.fleet_id,
             overall_status = n.overall_status, name = upper(n.name), sort_name = n.name,
             ip_address = n.ip_address, uuid = n.uuid
-        FROM fs_new n JOIN fs_old o ON o.id = n.id
+        FROM fs_new n
         WHERE s.device_id = n.id
-          AND ({", ".join(f"o.{c}" for c in _WATCHED)}) IS DISTINCT FROM ({", ".join(f"n.{c}" for c in _WATCHED)});""",
+          AND ({", ".join(f"s.{c}" for c in _COLUMNS.split(", ")[1:])})
+              IS DISTINCT FROM ({_select("n").split(", ", 1)[1]});""",
+        "fs_new",
+    ),
     # DELETE, not TRUNCATE: a TRUNCATE of both tables at once (a test flush) has this one in use.
     "truncate": f"DELETE FROM {SEARCH};",
 }
 # On the tags: the lines of every device whose tags a statement wrote, written again.
 _PG_TAG_FUNCTIONS = {
-    "insert": f"UPDATE {SEARCH} s SET tags = {_pg_tags_of('s.device_id')} "
-    "WHERE s.device_id IN (SELECT device_id FROM fs_new);",
-    "delete": f"UPDATE {SEARCH} s SET tags = {_pg_tags_of('s.device_id')} "
-    "WHERE s.device_id IN (SELECT device_id FROM fs_old);",
-    "update": f"UPDATE {SEARCH} s SET tags = {_pg_tags_of('s.device_id')} "
-    "WHERE s.device_id IN (SELECT device_id FROM fs_old UNION SELECT device_id FROM fs_new);",
+    "insert": triggers.planned_for_size(
+        f"UPDATE {SEARCH} s SET tags = {_pg_tags_of('s.device_id')} WHERE s.device_id IN (SELECT device_id FROM fs_new);",
+        "fs_new",
+    ),
+    "delete": triggers.planned_for_size(
+        f"UPDATE {SEARCH} s SET tags = {_pg_tags_of('s.device_id')} WHERE s.device_id IN (SELECT device_id FROM fs_old);",
+        "fs_old",
+    ),
+    "update": triggers.planned_for_size(
+        f"UPDATE {SEARCH} s SET tags = {_pg_tags_of('s.device_id')} "
+        "WHERE s.device_id IN (SELECT device_id FROM fs_old UNION SELECT device_id FROM fs_new);",
+        "fs_new",
+    ),
     "truncate": f"UPDATE {SEARCH} SET tags = '' WHERE tags <> '';",
 }
 _SQLITE_TRIGGERS = {

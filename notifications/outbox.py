@@ -23,12 +23,13 @@ NAME = "fs_notify_outbox"
 
 _COLUMNS = "transition_id, device_id, organization_id, fleet_id, from_status, to_status, at"
 
-_PG_BODY = f"""
-    IF EXISTS (SELECT 1 FROM {CHANNELS}) THEN
-        INSERT INTO {OUTBOX} ({_COLUMNS})
+_PG_INSERT = f"""INSERT INTO {OUTBOX} ({_COLUMNS})
         SELECT t.id, t.device_id, d.organization_id, d.fleet_id, t.from_status, t.to_status, t.at
         FROM fs_new_transitions t JOIN {DEVICES} d ON d.id = t.device_id
-        WHERE d.organization_id IN (SELECT organization_id FROM {CHANNELS});
+        WHERE d.organization_id IN (SELECT organization_id FROM {CHANNELS});"""
+_PG_BODY = f"""
+    IF EXISTS (SELECT 1 FROM {CHANNELS}) THEN
+        {triggers.planned_for_size(_PG_INSERT, "fs_new_transitions")}
     END IF;"""
 
 _SQLITE_TRIGGER = f"""AFTER INSERT ON {TRANSITIONS}

@@ -13,10 +13,11 @@ from django.core.management import call_command
 from django.db import connection
 
 from devices import search, services
-from devices.models import Device, DeviceSearch
+from devices.models import Device, DeviceSearch, DeviceTag
 from devices.status import Status
 from devices.sweep import run_sweep
 from fleets.models import Tier
+from fleetstatus.db import triggers
 from tests.hbutil import DEFAULT_WINDOW, T0, fetch, no_redis, reload  # noqa: F401
 from tests.test_admin_devices import change_url, form_data
 
@@ -202,3 +203,35 @@ def test_rebuild_copies_the_tags(org, fleet, make_device):
     search.rebuild()
     assert DeviceSearch.objects.get(device_id=a.pk).tags == "zone=north"
     assert search.mismatches() == []
+
+
+@pytest.mark.parametrize("count", [3, triggers.SMALL_STATEMENT_ROWS + 37])
+def test_small_and_bulk_statements_keep_the_copy_on_one_connection(org, fleet, make_fleet, make_device, count):
+    """One statement trigger runs a small write as written and a larger one planned afresh
+    (fleetstatus.db.triggers.planned_for_size): both paths, one after the other on the same
+    connection, in both orders, keep the copy and the tag lines exact."""
+    other, _ = make_fleet(org, "robots")
+    devices = [make_device(name=f"d-{n}") for n in range(count)]
+    ids = [d.pk for d in devices]
+    one = Device.objects.filter(pk=ids[0])
+    every = Device.objects.filter(pk__in=ids)
+    for batch in (one, every, one):
+        batch.update(fleet=other)
+        batch.update(fleet=fleet, name="renamed")
+        services.set_tag(batch, "zone", "north")
+        services.set_tag(batch, "zone", None)
+        assert search.mismatches() == []
+    services.set_tag(every, "zone", "south")
+    DeviceTag.objects.filter(device_id__in=ids).update(value="east")  # one UPDATE of every tag
+    assert set(DeviceSearch.objects.filter(device_id__in=ids).values_list("tags", flat=True)) == {"zone=east"}
+    Device.objects.filter(pk__in=ids[1:]).delete()
+    assert list(DeviceSearch.objects.filter(device_id__in=ids).values_list("device_id", flat=True)) == ids[:1]
+    assert search.mismatches() == []
+
+
+def test_planned_for_size_runs_a_large_statement_through_execute():
+    body = triggers.planned_for_size("DELETE FROM t USING fs_old o WHERE t.id = o.id;", "fs_old")
+    small, large = body.split("ELSE")
+    assert f"(SELECT count(*) FROM fs_old) <= {triggers.SMALL_STATEMENT_ROWS}" in small
+    assert "DELETE FROM t USING fs_old o WHERE t.id = o.id;" in small
+    assert "EXECUTE $fs_sql$DELETE FROM t USING fs_old o WHERE t.id = o.id$fs_sql$;" in large

@@ -14,6 +14,7 @@ from django.utils import timezone
 from devices import services
 from devices.models import Device
 from devices.status import Status
+from fleetstatus.db import triggers
 from notifications import engine, sending
 from notifications.models import Channel, Delivery, FleetAlert, Mute, NotifiedState, PendingChange
 
@@ -71,11 +72,13 @@ def test_no_outbox_rows_for_an_organization_without_channels(other_fleet, make_d
     assert PendingChange.objects.count() == 0
 
 
-def test_the_sweeps_bulk_insert_fills_the_outbox_too(channel, make_device, t0):
-    devices = [make_device(at=t0, api_heartbeat_state="online") for _ in range(3)]
+@pytest.mark.parametrize("count", [3, triggers.SMALL_STATEMENT_ROWS + 6])
+def test_the_sweeps_bulk_insert_fills_the_outbox_too(channel, make_device, t0, count):
+    # Beyond SMALL_STATEMENT_ROWS the trigger's INSERT runs through EXECUTE (planned for its size).
+    devices = [make_device(at=t0, api_heartbeat_state="online") for _ in range(count)]
     Device.objects.filter(pk__in=[d.pk for d in devices]).update(heartbeat_deadline=t0 + timedelta(seconds=5))
     expired = services.expire_heartbeats(t0 + timedelta(seconds=10))
-    assert expired == 3
+    assert expired == count
     rows = PendingChange.objects.filter(to_status=Status.OFFLINE)
     assert sorted(r.device_id for r in rows) == sorted(d.pk for d in devices)
 

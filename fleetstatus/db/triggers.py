@@ -38,6 +38,28 @@ def create_row_trigger(cur, name: str, definition: str) -> None:
     cur.execute(f"CREATE TRIGGER IF NOT EXISTS {name} {definition}")
 
 
+# Up to this many rows, a statement joining a transition table to a large table runs as written
+# (see planned_for_size).
+SMALL_STATEMENT_ROWS = 64
+
+
+def planned_for_size(statement: str, rows: str) -> str:
+    """PL/pgSQL running `statement` (one SQL statement ending in ";") that joins the transition
+    table `rows` to a large table, planned for the size at hand.
+
+    PL/pgSQL plans a statement without parameters once per connection, with the row count of the
+    transition table at its first call, and keeps that plan: a first bulk call can leave a hash
+    join over the whole large table for every later one-row write, and a first one-row call a
+    nested loop that is quadratic for a later bulk write. So a small statement (at most
+    SMALL_STATEMENT_ROWS rows, always planned as index lookups) runs as written, and a larger one
+    through EXECUTE, planned afresh with its real size."""
+    body = statement.strip().removesuffix(";")
+    return (
+        f"IF (SELECT count(*) FROM {rows}) <= {SMALL_STATEMENT_ROWS} THEN\n  {body};\n"
+        f"ELSE\n  EXECUTE $fs_sql${body}$fs_sql$;\nEND IF;"
+    )
+
+
 # What a statement trigger's function sees of the rows, by event (transition tables).
 REFERENCING = {
     "insert": "REFERENCING NEW TABLE AS fs_new",
