@@ -261,6 +261,8 @@ def p2(ctx: Context) -> list[Row]:
     require_route("/fleets/", "the Fleets page")
     from benchmarks.seed import OPERATOR
 
+    fold_counts(ctx)
+
     sizes = [(OPERATOR, ctx.plan.total_fleets, ctx.plan.total_devices)]
     sizes += [
         (f"{slug}-member", ctx.meta["orgs"][slug]["fleets"], ctx.meta["orgs"][slug]["devices"])

@@ -260,3 +260,100 @@ def fleet_status_counts(organization_ids: Iterable[int]) -> dict[int, dict[str, 
         for fleet_id, *values in cur.fetchall():
             counts[fleet_id] = dict(zip(STATUS_SLUGS, map(int, values), strict=True))
     return counts
+
+
+def organization_status_counts(organization_ids: Iterable[int]) -> dict[int, dict[str, int]]:
+    """{organization id: {status: count}} for these organizations, every status present: one query."""
+    orgs = list(organization_ids)
+    counts = {org: dict.fromkeys(STATUS_SLUGS, 0) for org in orgs}
+    scope = _where(orgs, None)
+    if scope is None:
+        return counts
+    where, params = scope
+    with default_connection.cursor() as cur:
+        cur.execute(
+            f"""SELECT organization_id, status, sum(n) FROM (
+                    SELECT organization_id, status, n FROM {COUNTS} WHERE {where}
+                    UNION ALL SELECT organization_id, status, n FROM {DELTAS} WHERE {where}
+                ) AS kept GROUP BY organization_id, status""",
+            params + params,
+        )
+        for org, status, n in cur.fetchall():
+            if n:
+                counts[org][status] = int(n)
+    return counts
+
+
+# What fleet_page() returns of each fleet, before its counts (one column per status, STATUS_SLUGS order).
+FLEET_PAGE_COLUMNS = ("id", "organization_id", "name", "slug", "device_type", "fleet_type", "cloudlink_enabled")
+# fleet_page()'s sort keys: SQL over the page query's count columns ("": by name alone).
+FLEET_PAGE_SORTS = {
+    "": "",
+    "total": "total DESC, ",
+    "not_online": "total - c_online DESC, ",
+}
+
+
+def fleet_page(
+    organization_ids: list[int], sort: str, offset: int, limit: int
+) -> list[tuple[tuple, int, dict[str, int]]]:
+    """One page of the organizations' fleets with their kept counts, sorted in SQL: by
+    organization (in the given order), then `sort` (a FLEET_PAGE_SORTS key), then name and id.
+
+    Returns (fleet columns, fleets sharing its slug among these organizations, {status: count}) per
+    fleet of the page; only the page's fleets come back, so the page's Python work does not grow
+    with the number of fleets. By name, the page's fleets are chosen first (fleets by organization
+    and name) and only their counts are summed; by size or trouble every fleet's counts are summed
+    to sort them, in the database."""
+    scope = _where(organization_ids, None)
+    if scope is None or limit <= 0:
+        return []
+    where, where_params = scope
+    names = [f"c_{slug.replace('-', '_')}" for slug in STATUS_SLUGS]
+    rank = " ".join(f"WHEN %s THEN {i}" for i in range(len(organization_ids)))
+    fleets = (
+        f"""SELECT {", ".join(f"f.{c}" for c in FLEET_PAGE_COLUMNS)},
+                   count(*) OVER (PARTITION BY f.slug) AS slug_uses,
+                   CASE f.organization_id {rank} END AS org_rank
+            FROM fleets_fleet f WHERE f.{where}""",
+        [*organization_ids, *where_params],
+    )
+
+    def kept(restrict: str) -> tuple[str, list]:
+        sums = ", ".join(f"sum(CASE WHEN status = %s THEN n ELSE 0 END) AS {name}" for name in names)
+        sql = f"""SELECT fleet_id, {sums} FROM (
+                      SELECT fleet_id, status, n FROM {COUNTS} WHERE {where}{restrict}
+                      UNION ALL SELECT fleet_id, status, n FROM {DELTAS} WHERE {where}{restrict}
+                  ) AS kept GROUP BY fleet_id"""
+        return sql, [*STATUS_SLUGS, *where_params, *where_params]
+
+    counted = ", ".join(f"coalesce(k.{name}, 0) AS {name}" for name in names)
+    total = " + ".join(f"coalesce(k.{name}, 0)" for name in names)
+    columns = ", ".join(f"p.{c}" for c in FLEET_PAGE_COLUMNS)
+    if not FLEET_PAGE_SORTS[sort]:
+        counts_sql, counts_params = kept(" AND fleet_id IN (SELECT id FROM picked)")
+        sql = f"""WITH picked AS (SELECT * FROM ({fleets[0]}) AS f ORDER BY org_rank, name, id LIMIT %s OFFSET %s)
+                  SELECT {columns}, p.slug_uses, {counted}
+                  FROM picked p LEFT JOIN ({counts_sql}) AS k ON k.fleet_id = p.id
+                  ORDER BY p.org_rank, p.name, p.id"""
+        params = [*fleets[1], limit, offset, *counts_params]
+    else:
+        counts_sql, counts_params = kept("")
+        sql = f"""SELECT * FROM (
+                      SELECT {columns}, p.slug_uses, {counted}, p.org_rank, {total} AS total
+                      FROM ({fleets[0]}) AS p LEFT JOIN ({counts_sql}) AS k ON k.fleet_id = p.id
+                  ) AS fleets
+                  ORDER BY org_rank, {FLEET_PAGE_SORTS[sort]}name, id LIMIT %s OFFSET %s"""
+        params = [*fleets[1], *counts_params, limit, offset]
+    with default_connection.cursor() as cur:
+        cur.execute(sql, params)
+        rows = cur.fetchall()
+    width = len(FLEET_PAGE_COLUMNS)
+    return [
+        (
+            row[:width],
+            int(row[width]),
+            dict(zip(STATUS_SLUGS, map(int, row[width + 1 : width + 1 + len(names)]), strict=True)),
+        )
+        for row in rows
+    ]

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import re
+from collections import Counter
 
 import pytest
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
 from devices import services
-from fleets.models import Membership, Tier
+from fleets.models import Fleet, Membership, Tier
 from tests.dashboard_helpers import device_in, html, text, title
 
 URL = "/fleets/"
@@ -135,7 +136,9 @@ def test_htmx_poll_renders_the_fragment_only(owner_client, make_device):
     assert "<html" not in body and '<header class="topbar"' not in body
 
 
-FLEETS_QUERIES = 7  # session, user, memberships, fleets, kept counts by fleet and status, dead-man's switch; notifications: fleet mutes
+# session, user, memberships, fleets per organization, the organizations' kept counts, the page's
+# fleets with theirs, dead-man's switch; notifications: fleet mutes
+FLEETS_QUERIES = 8
 
 
 def _queries(client) -> int:
@@ -156,8 +159,9 @@ def test_query_count_does_not_grow_with_fleets_or_devices(owner_client, make_dev
         owner_client.get(URL)
     # The counts come from the kept counts (fleets/counts.py), never from a scan of the devices.
     assert not [q["sql"] for q in ctx.captured_queries if "devices_device" in q["sql"]]
-    grouped = [q["sql"] for q in ctx.captured_queries if "GROUP BY" in q["sql"].upper()]
-    assert len(grouped) == 1 and "fleets_statuscount" in grouped[0]
+    counted = [q["sql"] for q in ctx.captured_queries if "fleets_statuscount" in q["sql"]]
+    assert len(counted) == 2  # the organizations' counts, and the page's fleets sorted with theirs
+    assert "LIMIT" in counted[1] and "ORDER BY" in counted[1]
 
 
 def test_names_from_users_are_escaped(owner_client, make_device, make_fleet, org):
@@ -235,3 +239,40 @@ def test_bad_sort_or_page_is_named_and_ignored(owner_client, make_fleet, org):
     )
     beyond = owner_client.get(URL + "?page=99")
     assert fleet_order(beyond) == ["f3"] and "There is no page 99; showing the last page (2)." in text(html(beyond))
+
+
+def test_fleet_page_query_matches_sorting_every_fleet_in_python(make_device, make_fleet, org, other_org):
+    """fleets.counts.fleet_page() (sorted and cut in the database, by name from the page's fleets
+    alone) gives what sorting every fleet with its counts would, on every page, with counts still
+    pending in the deltas and a slug shared across organizations."""
+    from fleets import counts
+
+    statuses = ["online", "offline", "updating", "configuring", "inactive"]
+    made = []
+    for n in range(7):
+        for owner in (org, other_org):
+            f, _ = make_fleet(owner, f"f{n % 5}-{owner.slug}" if n >= 5 else f"f{n}")
+            f.name = f"Fleet {6 - n % 4}"  # equal names: the id breaks the tie
+            f.save()
+            made.append(f)
+            for j in range((n * 3 + owner.pk) % 5):
+                device_in(make_device, statuses[(n + j) % len(statuses)], fleet=f)
+    order = [other_org.pk, org.pk]
+    real = counts.fleet_status_counts(order)
+    zero = dict.fromkeys(counts.STATUS_SLUGS, 0)
+    fleets = sorted(Fleet.objects.filter(organization__in=order), key=lambda f: (f.name, f.pk))
+    slugs = Counter(f.slug for f in fleets)
+
+    def key(f, sort):
+        c = real.get(f.pk, zero)
+        total = sum(c.values())
+        by = {"": 0, "total": -total, "not_online": -(total - c["online"])}[sort]
+        return (order.index(f.organization_id), by)
+
+    for sort in counts.FLEET_PAGE_SORTS:
+        expected = sorted(fleets, key=lambda f, sort=sort: key(f, sort))  # stable: name, id within ties
+        for offset, limit in ((0, 4), (4, 4), (8, 100), (30, 5)):
+            got = counts.fleet_page(order, sort, offset, limit)
+            assert [row[0][0] for row in got] == [f.pk for f in expected[offset : offset + limit]], (sort, offset)
+            for (columns, slug_uses, fleet_counts), f in zip(got, expected[offset:], strict=False):
+                assert (columns[3], slug_uses, fleet_counts) == (f.slug, slugs[f.slug], real.get(f.pk, zero))
