@@ -109,6 +109,13 @@ def profile_page(ctx: Context, client: Client, url: str, name: str) -> str:
     return profile_call(ctx, name, lambda: client.get(url))
 
 
+def explain_miss(ctx: Context, t: PageTiming, client: Client, url: str, name: str, where: str = "") -> None:
+    """What a page that missed its target logs: its slowest queries, and a profile with --profile."""
+    ctx.log(f"     slowest queries{where}: {_slowest_text(t)}")
+    if ctx.args.profile:
+        profile_page(ctx, client, url, name)
+
+
 def _slowest_text(t: PageTiming) -> str:
     return "; ".join(f"{s * 1000:.0f} ms: {sql[:160]}" for s, sql in t.slowest)
 
@@ -155,9 +162,7 @@ def p1(ctx: Context) -> list[Row]:
         measured = f"{ms(big.median)}; 1k: {ms(base.median)} ({ratio:.2f}x); queries {big.queries} vs {base.queries}"
         ctx.log(f"   {label:<24} {measured}; Python CPU {ms(big.cpu)} vs {ms(base.cpu)}   [{big_url}]")
         if not ok:
-            ctx.log(f"     slowest queries at {big_n:,}: {_slowest_text(big)}")
-            if ctx.args.profile:
-                profile_page(ctx, large, big_url, f"p1-{label.split()[0]}")
+            explain_miss(ctx, big, large, big_url, f"p1-{label.split()[0]}", f" at {big_n:,}")
         rows.append(
             Row(
                 "P1",
@@ -241,9 +246,7 @@ def p8(ctx: Context) -> list[Row]:
         measured = f"{ms(t.median)}; {t.queries} queries; {matches:,} matching devices"
         ctx.log(f"   {label:<34} {measured}; Python CPU {ms(t.cpu)}   [{url}]")
         if not ok:
-            ctx.log(f"     slowest queries: {_slowest_text(t)}")
-            if ctx.args.profile:
-                profile_page(ctx, client, url, f"p8-{len(rows)}")
+            explain_miss(ctx, t, client, url, f"p8-{len(rows)}")
         rows.append(
             Row(
                 "P8",
@@ -280,9 +283,7 @@ def p2(ctx: Context) -> list[Row]:
     same_queries = len({t.queries for _, _, t in timings}) == 1
     ok = big.median <= 0.150 and same_queries
     if not ok:
-        ctx.log(f"     slowest queries: {_slowest_text(big)}")
-        if ctx.args.profile:
-            profile_page(ctx, client_for(OPERATOR), "/fleets/", "p2-fleets")
+        explain_miss(ctx, big, client_for(OPERATOR), "/fleets/", "p2-fleets")
     counts = " / ".join(f"{t.queries}" for _, _, t in timings)
     others = ", ".join(f"{f:,} fleets: {ms(t.median)}" for f, _, t in timings[1:])
     return [
@@ -309,9 +310,7 @@ def p3(ctx: Context) -> list[Row]:
         f"   {transitions:,} transitions: {ms(t.median)} (Python CPU {ms(t.cpu)}), {t.queries} queries, {t.bytes / 1024:.0f} KiB"
     )
     if not ok:
-        ctx.log(f"     slowest queries: {_slowest_text(t)}")
-        if ctx.args.profile:
-            profile_page(ctx, client, url, "p3-summary")
+        explain_miss(ctx, t, client, url, "p3-summary")
     return [
         Row(
             "P3",

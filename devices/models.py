@@ -212,8 +212,8 @@ class DeviceSearch(models.Model):
     sort_name = models.CharField(max_length=100)
     ip_address = models.CharField(max_length=255)
     uuid = models.CharField(max_length=62)
-    # The device's tags, one "key=value" line each in key order (devices.search.TAG_SEPARATOR); a
-    # database default so the triggers' INSERTs need not name it.
+    # The device's tags, one "key=value" line each in key order (values hold no line break, keys no
+    # "="); a database default so the triggers' INSERTs need not name it.
     tags = models.TextField(db_default="", default="")
 
     class Meta:

@@ -476,7 +476,8 @@ def device_status_counts(organizations: list[Organization], query: DeviceQuery) 
     """The Devices page's counts: every filter of `query` but the status one, in one query.
 
     Organizations and fleets come from the counts the database keeps (fleets/counts.py): the same
-    cost for a hundred devices or a million. A search has to look at the devices themselves.
+    cost for a hundred devices or a million. A search or a tag filter counts the narrow search rows
+    it matches; only an update status filter, which those rows do not hold, counts the devices.
     """
     if (query.q or query.tags) and not query.update_statuses:
         # The search rows carry the status: counting a broad search (one letter matches most

@@ -33,20 +33,37 @@ SEARCH = "devices_devicesearch"
 TAGS = "devices_devicetag"
 PREFIX = "fs_device_search_"
 TAG_PREFIX = "fs_device_search_tags_"
-# One line per tag: values are printable (no line break) and keys have no "=".
-TAG_SEPARATOR = "\n"
-_COLUMNS = "device_id, organization_id, fleet_id, overall_status, name, sort_name, ip_address, uuid"
-# The device columns each is copied from (name upper-cased by the database, as the search is; as
-# it is for the name sort).
-_SOURCES = ("id", "organization_id", "fleet_id", "overall_status", "upper(name)", "name", "ip_address", "uuid")
+# Each column of the copy and what it is copied from ({d}: the device row): the name upper-cased by
+# the database, as the search is, and as it is, for the name sort.
+_COPIED = (
+    ("device_id", "{d}.id"),
+    ("organization_id", "{d}.organization_id"),
+    ("fleet_id", "{d}.fleet_id"),
+    ("overall_status", "{d}.overall_status"),
+    ("name", "upper({d}.name)"),
+    ("sort_name", "{d}.name"),
+    ("ip_address", "{d}.ip_address"),
+    ("uuid", "{d}.uuid"),
+)
+_COLUMNS = ", ".join(column for column, _ in _COPIED)
 _WATCHED = ("organization_id", "fleet_id", "overall_status", "name", "ip_address", "uuid")
 
 
-def _select(alias: str) -> str:
-    """The copied values of the device row `alias`, in _COLUMNS order."""
-    return ", ".join(f"upper({alias}.name)" if source == "upper(name)" else f"{alias}.{source}" for source in _SOURCES)
+def _values(d: str) -> list[str]:
+    """The copied values of the device row `d`, in _COPIED order."""
+    return [source.format(d=d) for _, source in _COPIED]
 
 
+def _select(d: str) -> str:
+    return ", ".join(_values(d))
+
+
+def _assignments(d: str) -> str:
+    """SET list writing every copied column but the key from the device row `d`."""
+    return ", ".join(f"{column} = {source.format(d=d)}" for column, source in _COPIED[1:])
+
+
+# The tag lines of the device whose id is `device`: "key=value", one line each, in key order.
 def _pg_tags_of(device: str) -> str:
     return (
         f"coalesce((SELECT string_agg(t.key || '=' || t.value, chr(10) ORDER BY t.key) FROM {TAGS} t "
@@ -62,6 +79,19 @@ def _sqlite_tags_of(device: str) -> str:
     )
 
 
+def _pg_retag(ids: str, rows: str) -> str:
+    """Write again the tag lines of the devices `ids` selects from the transition table `rows`."""
+    return triggers.planned_for_size(
+        f"UPDATE {SEARCH} s SET tags = {_pg_tags_of('s.device_id')} WHERE s.device_id IN ({ids});", rows
+    )
+
+
+def _sqlite_retag(event: str, ids: str) -> str:
+    return f"""AFTER {event} ON {TAGS} BEGIN
+        UPDATE {SEARCH} SET tags = {_sqlite_tags_of(f"{SEARCH}.device_id")} WHERE device_id IN ({ids});
+    END"""
+
+
 _PG_FUNCTIONS = {
     "insert": f"INSERT INTO {SEARCH} ({_COLUMNS}) SELECT {_select('n')} FROM fs_new n;",
     "delete": triggers.planned_for_size(f"DELETE FROM {SEARCH} s USING fs_old o WHERE s.device_id = o.id;", "fs_old"),
@@ -69,13 +99,10 @@ _PG_FUNCTIONS = {
     # heartbeat) writes nothing here. Compared with the copy itself (one index lookup per row),
     # not by joining the old rows to the new ones.
     "update": triggers.planned_for_size(
-        f"""UPDATE {SEARCH} s SET organization_id = n.organization_id, fleet_id = n.fleet_id,
-            overall_status = n.overall_status, name = upper(n.name), sort_name = n.name,
-            ip_address = n.ip_address, uuid = n.uuid
+        f"""UPDATE {SEARCH} s SET {_assignments("n")}
         FROM fs_new n
         WHERE s.device_id = n.id
-          AND ({", ".join(f"s.{c}" for c in _COLUMNS.split(", ")[1:])})
-              IS DISTINCT FROM ({_select("n").split(", ", 1)[1]});""",
+          AND ({", ".join(f"s.{column}" for column, _ in _COPIED[1:])}) IS DISTINCT FROM ({", ".join(_values("n")[1:])});""",
         "fs_new",
     ),
     # DELETE, not TRUNCATE: a TRUNCATE of both tables at once (a test flush) has this one in use.
@@ -83,19 +110,9 @@ _PG_FUNCTIONS = {
 }
 # On the tags: the lines of every device whose tags a statement wrote, written again.
 _PG_TAG_FUNCTIONS = {
-    "insert": triggers.planned_for_size(
-        f"UPDATE {SEARCH} s SET tags = {_pg_tags_of('s.device_id')} WHERE s.device_id IN (SELECT device_id FROM fs_new);",
-        "fs_new",
-    ),
-    "delete": triggers.planned_for_size(
-        f"UPDATE {SEARCH} s SET tags = {_pg_tags_of('s.device_id')} WHERE s.device_id IN (SELECT device_id FROM fs_old);",
-        "fs_old",
-    ),
-    "update": triggers.planned_for_size(
-        f"UPDATE {SEARCH} s SET tags = {_pg_tags_of('s.device_id')} "
-        "WHERE s.device_id IN (SELECT device_id FROM fs_old UNION SELECT device_id FROM fs_new);",
-        "fs_new",
-    ),
+    "insert": _pg_retag("SELECT device_id FROM fs_new", "fs_new"),
+    "delete": _pg_retag("SELECT device_id FROM fs_old", "fs_old"),
+    "update": _pg_retag("SELECT device_id FROM fs_old UNION SELECT device_id FROM fs_new", "fs_new"),
     "truncate": f"UPDATE {SEARCH} SET tags = '' WHERE tags <> '';",
 }
 _SQLITE_TRIGGERS = {
@@ -103,10 +120,7 @@ _SQLITE_TRIGGERS = {
         INSERT INTO {SEARCH} ({_COLUMNS}) VALUES ({_select("NEW")});
     END""",
     "update": f"""AFTER UPDATE OF {", ".join(_WATCHED)} ON {DEVICES} BEGIN
-        UPDATE {SEARCH} SET organization_id = NEW.organization_id, fleet_id = NEW.fleet_id,
-            overall_status = NEW.overall_status, name = upper(NEW.name), sort_name = NEW.name,
-            ip_address = NEW.ip_address, uuid = NEW.uuid
-        WHERE device_id = OLD.id;
+        UPDATE {SEARCH} SET {_assignments("NEW")} WHERE device_id = OLD.id;
     END""",
     "delete": f"""AFTER DELETE ON {DEVICES} BEGIN
         DELETE FROM {SEARCH} WHERE device_id = OLD.id;
@@ -115,16 +129,9 @@ _SQLITE_TRIGGERS = {
 
 
 _SQLITE_TAG_TRIGGERS = {
-    "insert": f"""AFTER INSERT ON {TAGS} BEGIN
-        UPDATE {SEARCH} SET tags = {_sqlite_tags_of("NEW.device_id")} WHERE device_id = NEW.device_id;
-    END""",
-    "update": f"""AFTER UPDATE ON {TAGS} BEGIN
-        UPDATE {SEARCH} SET tags = {_sqlite_tags_of(f"{SEARCH}.device_id")}
-        WHERE device_id IN (OLD.device_id, NEW.device_id);
-    END""",
-    "delete": f"""AFTER DELETE ON {TAGS} BEGIN
-        UPDATE {SEARCH} SET tags = {_sqlite_tags_of("OLD.device_id")} WHERE device_id = OLD.device_id;
-    END""",
+    "insert": _sqlite_retag("INSERT", "NEW.device_id"),
+    "update": _sqlite_retag("UPDATE", "OLD.device_id, NEW.device_id"),
+    "delete": _sqlite_retag("DELETE", "OLD.device_id"),
 }
 # (table, prefix, PostgreSQL functions, SQLite triggers) of each set of triggers keeping the copy.
 _SETS = (
@@ -198,10 +205,9 @@ def mismatches(connection=default_connection) -> list[int]:
     """Ids of devices whose copy is missing, stale or left over (at most 100); [] when exact."""
     postgresql = connection.vendor == "postgresql"
     distinct = "IS DISTINCT FROM" if postgresql else "IS NOT"
-    values = [*_select("d").split(", "), _pg_tags_of("d.id") if postgresql else _sqlite_tags_of("d.id")]
-    differs = " OR ".join(
-        f"{value} {distinct} s.{column}" for value, column in zip(values, [*_COLUMNS.split(", "), "tags"], strict=True)
-    )
+    values = [*_values("d"), _pg_tags_of("d.id") if postgresql else _sqlite_tags_of("d.id")]
+    columns = [*(column for column, _ in _COPIED), "tags"]
+    differs = " OR ".join(f"{value} {distinct} s.{column}" for value, column in zip(values, columns, strict=True))
     with connection.cursor() as cur:
         cur.execute(
             f"""SELECT d.id FROM {DEVICES} d LEFT JOIN {SEARCH} s ON s.device_id = d.id

@@ -219,6 +219,21 @@ def _where(organization_ids: Iterable[int], fleet_ids: Iterable[int] | None) -> 
     return clause, orgs
 
 
+def _kept(columns: str, where: str) -> str:
+    """The kept counts and the pending deltas matching `where`, as one relation of `columns` (its
+    parameters: the where's, twice). Summed, they are the exact counts of one snapshot."""
+    return f"SELECT {columns} FROM {COUNTS} WHERE {where} UNION ALL SELECT {columns} FROM {DELTAS} WHERE {where}"
+
+
+def _per_status(names: Iterable[str] | None = None) -> str:
+    """One sum per status over the kept rows, in STATUS_SLUGS order (its parameters: STATUS_SLUGS),
+    named by `names` when given: the counts of a group pivoted into one row."""
+    sums = ["sum(CASE WHEN status = %s THEN n ELSE 0 END)"] * len(STATUS_SLUGS)
+    if names is not None:
+        sums = [f"{sql} AS {name}" for sql, name in zip(sums, names, strict=True)]
+    return ", ".join(sums)
+
+
 def status_counts(organization_ids: Iterable[int], fleet_ids: Iterable[int] | None = None) -> dict[str, int]:
     """Devices per status in these organizations (and fleets), every status present: one query."""
     counts = dict.fromkeys(STATUS_SLUGS, 0)
@@ -228,10 +243,7 @@ def status_counts(organization_ids: Iterable[int], fleet_ids: Iterable[int] | No
     where, params = scope
     with default_connection.cursor() as cur:
         cur.execute(
-            f"""SELECT status, sum(n) FROM (
-                    SELECT status, n FROM {COUNTS} WHERE {where}
-                    UNION ALL SELECT status, n FROM {DELTAS} WHERE {where}
-                ) AS kept GROUP BY status""",
+            f"SELECT status, sum(n) FROM ({_kept('status, n', where)}) AS kept GROUP BY status",
             params + params,
         )
         for status, n in cur.fetchall():
@@ -248,13 +260,9 @@ def fleet_status_counts(organization_ids: Iterable[int]) -> dict[int, dict[str, 
     if scope is None:
         return counts
     where, params = scope
-    columns = ", ".join("sum(CASE WHEN status = %s THEN n ELSE 0 END)" for _ in STATUS_SLUGS)
     with default_connection.cursor() as cur:
         cur.execute(
-            f"""SELECT fleet_id, {columns} FROM (
-                    SELECT fleet_id, status, n FROM {COUNTS} WHERE {where}
-                    UNION ALL SELECT fleet_id, status, n FROM {DELTAS} WHERE {where}
-                ) AS kept GROUP BY fleet_id""",
+            f"SELECT fleet_id, {_per_status()} FROM ({_kept('fleet_id, status, n', where)}) AS kept GROUP BY fleet_id",
             [*STATUS_SLUGS, *params, *params],
         )
         for fleet_id, *values in cur.fetchall():
@@ -272,10 +280,8 @@ def organization_status_counts(organization_ids: Iterable[int]) -> dict[int, dic
     where, params = scope
     with default_connection.cursor() as cur:
         cur.execute(
-            f"""SELECT organization_id, status, sum(n) FROM (
-                    SELECT organization_id, status, n FROM {COUNTS} WHERE {where}
-                    UNION ALL SELECT organization_id, status, n FROM {DELTAS} WHERE {where}
-                ) AS kept GROUP BY organization_id, status""",
+            f"""SELECT organization_id, status, sum(n) FROM ({_kept("organization_id, status, n", where)}) AS kept
+                GROUP BY organization_id, status""",
             params + params,
         )
         for org, status, n in cur.fetchall():
@@ -320,11 +326,8 @@ def fleet_page(
     )
 
     def kept(restrict: str) -> tuple[str, list]:
-        sums = ", ".join(f"sum(CASE WHEN status = %s THEN n ELSE 0 END) AS {name}" for name in names)
-        sql = f"""SELECT fleet_id, {sums} FROM (
-                      SELECT fleet_id, status, n FROM {COUNTS} WHERE {where}{restrict}
-                      UNION ALL SELECT fleet_id, status, n FROM {DELTAS} WHERE {where}{restrict}
-                  ) AS kept GROUP BY fleet_id"""
+        relation = _kept("fleet_id, status, n", where + restrict)
+        sql = f"SELECT fleet_id, {_per_status(names)} FROM ({relation}) AS kept GROUP BY fleet_id"
         return sql, [*STATUS_SLUGS, *where_params, *where_params]
 
     counted = ", ".join(f"coalesce(k.{name}, 0) AS {name}" for name in names)
