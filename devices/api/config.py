@@ -5,8 +5,6 @@ from __future__ import annotations
 import json
 from json.encoder import encode_basestring_ascii
 
-from devices.models import Device
-
 # (poll interval, cloudlink) -> the configuration's JSON: a handful of values per installation.
 _CONFIG_JSON: dict[tuple[int, bool], str] = {}
 
@@ -24,12 +22,9 @@ def config_for(poll_interval: int, cloudlink: bool) -> dict[str, str]:
     }
 
 
-def target_config(device: Device) -> dict[str, str]:
-    return config_for(device.effective_poll_interval, device.effective_cloudlink)
-
-
 def target_state_body(uuid: str, name: str, config: dict[str, str]) -> bytes:
-    """The JSON body of a 200 fetch, the same bytes whether the cache or the database answered.
+    """The JSON body of a 200 fetch, as plainly defined; both answering paths build it with
+    target_state_body_of, which gives these bytes (tests/test_api_edge.py holds them equal).
 
     fleetstatus deploys no releases: an empty apps object is balena's "no apps assigned".
     """
@@ -38,7 +33,8 @@ def target_state_body(uuid: str, name: str, config: dict[str, str]) -> bytes:
 
 def target_state_body_of(uuid: str, name: str, poll_interval: int, cloudlink: bool) -> bytes:
     """target_state_body(uuid, name, config_for(poll_interval, cloudlink)), byte for byte (the same
-    encoder, ASCII-escaped), around the configuration's JSON encoded once: the fetch fast path's body."""
+    encoder, ASCII-escaped), around the configuration's JSON encoded once: the body of every 200
+    fetch, whether the cache or the database answered it."""
     config = _CONFIG_JSON.get((poll_interval, cloudlink))
     if config is None:
         config = json.dumps(config_for(poll_interval, cloudlink))

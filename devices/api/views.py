@@ -25,7 +25,7 @@ from django.views.decorators.csrf import csrf_exempt
 
 from devices import services
 from devices.api import parsing
-from devices.api.config import target_config, target_state_body
+from devices.api.config import target_state_body_of
 from devices.api.errors import error
 from devices.api.parsing import BadRequest
 from devices.live import devcache, heartbeats
@@ -120,7 +120,7 @@ def target_state(request: HttpRequest, uuid: str) -> HttpResponse:
     if device.is_frozen:
         # This fetch reactivated an inactive device beyond the organization's allowance.
         return HttpResponse(status=304)
-    body = target_state_body(device.uuid, device.name, target_config(device))
+    body = target_state_body_of(device.uuid, device.name, device.effective_poll_interval, device.effective_cloudlink)
     count_heartbeats()
     return HttpResponse(body, content_type="application/json")
 
