@@ -74,27 +74,35 @@ class Incident:
     # fraction of its cost: a month can have dozens of incidents of three times each.
     @property
     def start_iso(self) -> str:
-        return self.start.astimezone(UTC).isoformat()
+        return _utc_iso(self.start)
 
     @property
     def start_text(self) -> str:
-        return f"{self.start.astimezone(UTC):%Y-%m-%d %H:%M}"
+        return _utc_minute(self.start)
 
     @property
     def end_iso(self) -> str:
-        return self.end.astimezone(UTC).isoformat() if self.end else ""
+        return _utc_iso(self.end) if self.end else ""
 
     @property
     def end_text(self) -> str:
-        return f"{self.end.astimezone(UTC):%Y-%m-%d %H:%M}" if self.end else ""
+        return _utc_minute(self.end) if self.end else ""
 
     @property
     def peak_at_iso(self) -> str:
-        return self.peak_at.astimezone(UTC).isoformat()
+        return _utc_iso(self.peak_at)
 
     @property
     def peak_at_text(self) -> str:
-        return f"{self.peak_at.astimezone(UTC):%Y-%m-%d %H:%M}"
+        return _utc_minute(self.peak_at)
+
+
+def _utc_iso(at: datetime) -> str:
+    return at.astimezone(UTC).isoformat()
+
+
+def _utc_minute(at: datetime) -> str:
+    return f"{at.astimezone(UTC):%Y-%m-%d %H:%M}"
 
 
 def columns(
@@ -196,7 +204,7 @@ def chart(cols: list[Column], statuses: list[str]) -> dict:
                 "x": xs[n],
                 "width": f"{width:.1f}",
                 "iso": start.isoformat(timespec="seconds"),
-                "label": f"{start:%Y-%m-%d %H:%M}",
+                "label": _utc_minute(start),
                 "title": _column_title(c),
                 # Strings, not ints: the template engine localizes every number it prints.
                 "cells": [str(c.counts[s]) for s in statuses] if c.point else None,
@@ -216,7 +224,7 @@ def chart(cols: list[Column], statuses: list[str]) -> dict:
 
 
 def _column_title(col: Column) -> str:
-    when = f"{col.start.astimezone(UTC):%Y-%m-%d %H:%M}–{col.end.astimezone(UTC):%H:%M} UTC"
+    when = f"{_utc_minute(col.start)}–{col.end.astimezone(UTC):%H:%M} UTC"
     if col.point is None:
         return f"{when}: no data"
     parts = [f"{status_names.label(s)} {n}" for s, n in col.counts.items() if n]
